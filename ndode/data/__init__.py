@@ -1,0 +1,1 @@
+"""Data sets for the paper's experiments, one module each (``ndode.data.mnist``, ...)."""
