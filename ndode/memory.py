@@ -33,8 +33,11 @@ def saved_tensor_bytes(fn: Callable[[], object], *, ignore: Iterable[torch.Tenso
     refs: list[weakref.ref] = []
 
     def pack(t: torch.Tensor):
-        refs.append(weakref.ref(t))
-        return t
+        # Keep a detached alias, not t itself: a saved *output* packed as itself would
+        # reference its own grad_fn, a cycle that keeps the whole graph alive.
+        alias = t.detach()
+        refs.append(weakref.ref(alias))
+        return alias
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         out = fn()  # keep the graph alive while counting
