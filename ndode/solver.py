@@ -262,8 +262,10 @@ def _lincomb(h, coeffs, ks):
 class _Integrator:
     """One solve over a list of host times. Holds no tensors between solves."""
 
-    def __init__(self, func, tab: ButcherTableau, rtol, atol, options, stats: SolverStats, norm, dtype, device):
+    def __init__(self, func, tab: ButcherTableau, rtol, atol, options, stats: SolverStats, norm, dtype, device,
+                 phase=""):
         self.func = func
+        self.phase = phase
         self.tab = tab
         self.rtol, self.atol = rtol, atol
         self.opts = options
@@ -290,7 +292,8 @@ class _Integrator:
         return out
 
     def _fail(self, what, t, h):
-        raise SolverError(f"{what} at t={t!r}, dt={h!r} (method {self.tab.name!r})")
+        where = f"method {self.tab.name!r}" + (f", {self.phase}" if self.phase else "")
+        raise SolverError(f"{what} at t={t!r}, dt={h!r} ({where})")
 
     def step(self, t, y, h, k0):
         """One Runge–Kutta step; returns (y_new, stages)."""
@@ -308,7 +311,7 @@ class _Integrator:
         return _combine(y, h, self.tab.dense_weights(theta), ks)
 
     # ---- fixed grid
-    def solve_fixed(self, y0, times):
+    def solve_fixed(self, y0, times, on_output=None):
         step_size = self.opts["step_size"]
         ys = [y0]
         y = y0
@@ -322,6 +325,9 @@ class _Integrator:
                 self.stats.n_accepted += 1
             if not bool(torch.isfinite(y).all()):
                 self._fail("non-finite state (nan or inf)", tb, h)
+            if on_output is not None:
+                jumped = on_output(i, y)
+                y = y if jumped is None else jumped
             ys.append(y)
         return ys
 

@@ -1,0 +1,199 @@
+"""The adjoint: exact gradients for states, parameters and times; O(1) memory; clear errors."""
+
+import pytest
+import torch
+
+import ndode
+from ndode.memory import saved_tensor_bytes
+
+D = torch.float64
+
+
+class MLPField(torch.nn.Module):
+    """A small non-autonomous field: f(t, y) = W2 tanh(W1 [y, t] + b1)."""
+
+    def __init__(self, dim=2, hidden=8, seed=0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.w1 = torch.nn.Parameter(torch.randn(hidden, dim + 1, generator=g, dtype=D) / 2)
+        self.b1 = torch.nn.Parameter(torch.randn(hidden, generator=g, dtype=D) / 2)
+        self.w2 = torch.nn.Parameter(torch.randn(dim, hidden, generator=g, dtype=D) / 2)
+
+    def forward(self, t, y):
+        ty = torch.cat([y, t.expand(*y.shape[:-1], 1)], dim=-1)
+        return torch.tanh(ty @ self.w1.T + self.b1) @ self.w2.T
+
+
+def functional_field(w1, b1, w2):
+    def f(t, y):
+        ty = torch.cat([y, t.expand(*y.shape[:-1], 1)], dim=-1)
+        return torch.tanh(ty @ w1.T + b1) @ w2.T
+
+    return f
+
+
+METHOD_OPTS = {"dopri5": None, "tsit5": None, "rk4": {"step_size": 0.01}}
+
+
+@pytest.mark.parametrize("method", list(METHOD_OPTS))
+def test_gradcheck_y0_params_and_t(method):
+    m = MLPField()
+    w1, b1, w2 = (p.detach().clone().requires_grad_() for p in m.parameters())
+    y0 = torch.randn(3, 2, dtype=D, generator=torch.Generator().manual_seed(1), requires_grad=True)
+    t = torch.tensor([0.0, 0.4, 0.9, 1.3], dtype=D, requires_grad=True)
+    weights = torch.randn(4, 3, 2, dtype=D, generator=torch.Generator().manual_seed(2))
+
+    def loss(y0, t, w1, b1, w2):  # a loss on every output time
+        ys = ndode.odeint_adjoint(functional_field(w1, b1, w2), y0, t, rtol=1e-12, atol=1e-12, method=method,
+                                  options=METHOD_OPTS[method], adjoint_params=(w1, b1, w2))
+        return (ys * weights).sum()
+
+    tol = dict(atol=1e-6, rtol=1e-4) if method == "rk4" else dict(atol=1e-7, rtol=1e-5)
+    assert torch.autograd.gradcheck(loss, (y0, t, w1, b1, w2), eps=1e-6, **tol)
+
+
+@pytest.mark.parametrize("method", ["dopri5", "tsit5", "bosh3"])
+@pytest.mark.parametrize("norm", ["seminorm", "full"])
+def test_matches_direct_backprop_at_tight_tolerance(method, norm):
+    m = MLPField(seed=3)
+    y0 = torch.randn(5, 2, dtype=D, generator=torch.Generator().manual_seed(4), requires_grad=True)
+    t = torch.tensor([0.0, 0.5, 1.0, 2.0], dtype=D)
+    w = torch.randn(4, 5, 2, dtype=D, generator=torch.Generator().manual_seed(5))
+
+    def grads(adjoint):
+        for p in [y0, *m.parameters()]:
+            p.grad = None
+        kw = dict(adjoint_options={"norm": norm}) if adjoint else {}
+        ys = ndode.solve(m, y0, t, rtol=1e-12, atol=1e-12, method=method, adjoint=adjoint, **kw).ys
+        (ys * w).sum().backward()
+        return [y0.grad.clone()] + [p.grad.clone() for p in m.parameters()]
+
+    for a, b in zip(grads(True), grads(False)):
+        assert torch.allclose(a, b, rtol=1e-6, atol=1e-9), (a - b).abs().max()
+
+
+def test_tuple_state_matches_direct_backprop():
+    m = MLPField(seed=6)
+
+    class Joint(torch.nn.Module):  # a CNF-like pair (z, log p)
+        def __init__(self):
+            super().__init__()
+            self.m = m
+
+        def forward(self, t, state):
+            z, logp = state
+            dz = self.m(t, z)
+            return dz, -(dz**2).sum(-1, keepdim=True)
+
+    f = Joint()
+    z0 = torch.randn(4, 2, dtype=D, generator=torch.Generator().manual_seed(7), requires_grad=True)
+    l0 = torch.zeros(4, 1, dtype=D, requires_grad=True)
+    t = torch.tensor([0.0, 0.7, 1.5], dtype=D)
+
+    def grads(adjoint):
+        for p in [z0, l0, *f.parameters()]:
+            p.grad = None
+        z, logp = ndode.solve(f, (z0, l0), t, rtol=1e-12, atol=1e-12, adjoint=adjoint).ys
+        assert z.shape == (3, 4, 2) and logp.shape == (3, 4, 1)
+        (z[-1].sin().sum() + logp[1:].sum()).backward()
+        return [z0.grad.clone(), l0.grad.clone()] + [p.grad.clone() for p in f.parameters()]
+
+    for a, b in zip(grads(True), grads(False)):
+        assert torch.allclose(a, b, rtol=1e-6, atol=1e-9)
+
+
+def test_backward_stats_and_no_restarts_at_output_times():
+    m = MLPField(seed=8)
+    y0 = torch.randn(16, 2, dtype=D, generator=torch.Generator().manual_seed(9))
+    few = ndode.solve(m, y0, torch.linspace(0, 5, 2, dtype=D), rtol=1e-6, atol=1e-8, adjoint=True)
+    few.ys[-1].sum().backward()
+    many = ndode.solve(m, y0, torch.linspace(0, 5, 100, dtype=D), rtol=1e-6, atol=1e-8, adjoint=True)
+    many.ys.sum().backward()
+    assert few.stats.nfe_backward > 0 and few.stats.n_accepted_backward > 0
+    # 99 output times are passed exactly, one re-evaluation each after the jump; the step size carries over,
+    # so the rest of the work stays close to the 2-output solve instead of restarting 99 times
+    extra = many.stats.nfe_backward - few.stats.nfe_backward
+    assert extra < 99 * 1 + 6 * 99, (few.stats, many.stats)
+    assert many.stats.nfe == few.stats.nfe  # forward: dense output, no forced steps
+
+
+def _steps_memory(adjoint, n_steps):
+    m = MLPField(dim=2, hidden=32, seed=10)
+    y0 = torch.randn(64, 2, dtype=D, generator=torch.Generator().manual_seed(11))
+    t = torch.tensor([0.0, 1.0], dtype=D)
+    return saved_tensor_bytes(
+        lambda: ndode.solve(m, y0, t, method="rk4", options={"step_size": 1.0 / n_steps}, adjoint=adjoint).ys,
+        ignore=list(m.parameters()),
+    )
+
+
+def test_constant_memory_in_the_number_of_steps():
+    steps = [10, 100, 1000]
+    adj = [_steps_memory(True, n) for n in steps]
+    direct = [_steps_memory(False, n) for n in steps]
+    assert adj[0] == adj[1] == adj[2] > 0
+    # direct backprop keeps every stage of every step: linear in the steps
+    assert direct[1] > 8 * direct[0] and direct[2] > 8 * direct[1]
+    assert direct[0] > adj[0]
+
+
+# ------------------------------------------------------------------ errors
+
+Y0 = torch.tensor([[1.0, 0.5]], dtype=D)
+T = torch.tensor([0.0, 1.0], dtype=D)
+
+
+def test_bad_adjoint_input_is_named():
+    m = MLPField()
+    w = torch.ones(2, dtype=D)
+    with pytest.raises(TypeError, match="not a torch.nn.Module.*pass adjoint_params"):
+        ndode.odeint_adjoint(lambda t, y: -y, Y0, T)
+    with pytest.raises(ValueError, match=r"adjoint_params\[0\] \(shape \(2,\)\) does not require grad"):
+        ndode.odeint_adjoint(lambda t, y: -y * w, Y0, T, adjoint_params=(w,))
+    wg = torch.ones(2, dtype=D, requires_grad=True)
+    with pytest.raises(ValueError, match=r"adjoint_params\[0\] .* is not a leaf tensor"):
+        ndode.odeint_adjoint(lambda t, y: -y, Y0, T, adjoint_params=(wg * 2,))
+    with pytest.raises(ValueError, match=r"adjoint_params\[1\] is the same tensor as adjoint_params\[0\]"):
+        ndode.odeint_adjoint(lambda t, y: -y * wg, Y0, T, adjoint_params=(wg, wg))
+    with pytest.raises(TypeError, match="adjoint_params must be a list or tuple"):
+        ndode.odeint_adjoint(lambda t, y: -y * wg, Y0, T, adjoint_params=wg)
+    with pytest.raises(ValueError, match=r"unknown adjoint_options \['nrom'\].*allowed: first_step.*norm"):
+        ndode.odeint_adjoint(m, Y0, T, adjoint_options={"nrom": "seminorm"})
+    with pytest.raises(ValueError, match=r"adjoint_options\['norm'\] must be one of seminorm, full, got 'max'"):
+        ndode.odeint_adjoint(m, Y0, T, adjoint_options={"norm": "max"})
+    with pytest.raises(ValueError, match="unknown adjoint_method 'adams'; known methods"):
+        ndode.odeint_adjoint(m, Y0, T, adjoint_method="adams")
+    with pytest.raises(ValueError, match="adjoint_rtol must be a non-negative finite number"):
+        ndode.odeint_adjoint(m, Y0, T, adjoint_rtol=-1.0)
+    with pytest.raises(ValueError, match="only apply with adjoint=True"):
+        ndode.solve(m, Y0, T, adjoint_rtol=1e-3)
+
+
+def test_frozen_module_parameters_are_not_differentiated():
+    m = MLPField()
+    m.w2.requires_grad_(False)
+    y0 = Y0.clone().requires_grad_()
+    ndode.odeint_adjoint(m, y0, T)[-1].sum().backward()
+    assert m.w2.grad is None and m.w1.grad is not None and y0.grad is not None
+
+
+class Poisoned(torch.nn.Module):
+    """Healthy in the forward pass; its vector–Jacobian products turn non-finite in the backward pass."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.tensor(-1.0, dtype=D))
+
+    def forward(self, t, y):
+        return self.w * y + (torch.sqrt(y - y.detach()) if torch.is_grad_enabled() else 0)  # d sqrt(0) = inf
+
+
+@pytest.mark.parametrize("method, options, msg", [
+    ("dopri5", None, r"non-finite .* at t=\S+, dt=\S+ \(method 'dopri5', backward pass\)"),
+    ("rk4", {"step_size": 0.1}, r"non-finite state \(nan or inf\) at t=\S+, dt=\S+ \(method 'rk4', backward pass\)"),
+])
+def test_backward_failure_raises_with_t_dt_and_backward(method, options, msg):
+    y0 = Y0.clone().requires_grad_()
+    ys = ndode.odeint_adjoint(Poisoned(), y0, T, method=method, options=options)
+    with pytest.raises(ndode.SolverError, match=msg):
+        ys.sum().backward()
