@@ -148,10 +148,9 @@ class _Adjoint(torch.autograd.Function):
         grad_y0 = grad_ys[0]
         grad_params = [torch.zeros_like(p) for p in params]
         if n > 1:
-            if adj.norm == "seminorm":
-                parts = (ny, ny)
-            else:
-                parts = (ny, ny, np_) if np_ else (ny, ny)
+            # "full": every parameter tensor is its own channel (as torchdiffeq's mixed norm);
+            # "seminorm": the parameter adjoints do not enter the error estimate at all
+            parts = (ny, ny) if adj.norm == "seminorm" else (ny, ny, *psizes)
             inv = [1.0 / math.sqrt(max(s, 1)) for s in parts]
 
             def norm(r):

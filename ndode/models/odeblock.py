@@ -26,7 +26,8 @@ class ODEBlock(nn.Module):
     ``rtol``/``atol`` are the training tolerances; ``eval_rtol``/``eval_atol``
     (default: the same) apply in ``eval()`` mode, so the test-time tolerance can
     be changed on a trained model (the paper's Figure 3a) with ``set_tolerance``.
-    ``options`` go to the solver (``{"step_size": h}`` for fixed-step methods).
+    ``options`` go to the solver (``{"step_size": h}`` for fixed-step methods),
+    ``adjoint_options`` to the adjoint's backward solve (e.g. ``{"norm": "full"}``).
     """
 
     def __init__(
@@ -40,6 +41,7 @@ class ODEBlock(nn.Module):
         atol: float = 1e-3,
         options: dict | None = None,
         adjoint: bool = True,
+        adjoint_options: dict | None = None,
         eval_rtol: float | None = None,
         eval_atol: float | None = None,
     ):
@@ -54,6 +56,7 @@ class ODEBlock(nn.Module):
         self.method = method
         self.options = dict(options) if options else None
         self.adjoint = bool(adjoint)
+        self.adjoint_options = dict(adjoint_options) if adjoint_options else None
         self.rtol, self.atol = float(rtol), float(atol)
         self.eval_rtol = None if eval_rtol is None else float(eval_rtol)
         self.eval_atol = None if eval_atol is None else float(eval_atol)
@@ -81,6 +84,7 @@ class ODEBlock(nn.Module):
         sol = ndode.solve(
             self.func, x, self.integration_time.to(x.dtype), rtol=rtol, atol=atol,
             method=self.method, options=self.options, adjoint=self.adjoint,
+            **({"adjoint_options": self.adjoint_options} if self.adjoint and self.adjoint_options else {}),
         )
         self.last_stats = sol.stats
         return sol.ys[-1]
