@@ -35,3 +35,9 @@ test: $(STAMP) ## run the test suite (what CI runs)
 $(BENCH_STAMP): $(STAMP)
 	$(PIP) install -q -e '.[bench]'
 	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP) ## ndode vs torchdiffeq, torchode, SciPy: writes results/bench/ (CSV, PNG, README.md; ~15 min on 2 cores)
+	$(PY) -m benchmarks --out results/bench
+
+bench-quick: $(BENCH_STAMP) ## reduced benchmarks (under a minute): one ndode/peer summary line each, writes nothing
+	$(PY) -m benchmarks --quick

@@ -27,9 +27,9 @@ from .timing import CallCounter, interleaved
 
 NAME = "adjoint_nfe"
 SIZES = {
-    "full": dict(tols=(1e-3, 1e-4, 1e-5, 1e-6), batch=32, n_out=100, reps=5),
-    "quick": dict(tols=(1e-3, 1e-5), batch=32, n_out=100, reps=1),
-    "tiny": dict(tols=(1e-3,), batch=4, n_out=10, reps=1),
+    "full": dict(tols=(1e-3, 1e-4, 1e-5, 1e-6), batch=32, n_out=100, reps=3, warmup=1),
+    "quick": dict(tols=(1e-3,), batch=32, n_out=100, reps=1, warmup=0),
+    "tiny": dict(tols=(1e-3,), batch=4, n_out=5, reps=1, warmup=0),
 }
 T1 = 5.0
 
@@ -70,10 +70,10 @@ def run(sizes: dict, peers=P.PEERS) -> pd.DataFrame:
         (solve(f, y0.to(dtype), t.to(dtype)) * w.to(dtype)).sum().backward()
         return torch.cat([p.grad.reshape(-1) for p in f.parameters()]).double()
 
+    ref = grads(copy.deepcopy(func).double(), torch.float64,
+                lambda f, y, s: ndode.odeint(f, y, s, rtol=1e-10, atol=1e-10))
     rows = []
     for tol in sizes["tols"]:
-        ref = grads(copy.deepcopy(func).double(), torch.float64,
-                    lambda f, y, s: ndode.odeint(f, y, s, rtol=1e-10, atol=1e-10))
         counts, fns = {}, {}
         for lib, mode, norm in _variants(peers):
             name = _label(lib, mode, norm)
@@ -92,7 +92,7 @@ def run(sizes: dict, peers=P.PEERS) -> pd.DataFrame:
                 (_solve(lib, mode, norm, func, y0, t, tol) * w).sum().backward()
 
             fns[name] = step
-        tm = interleaved(fns, reps=sizes["reps"], warmup=1, target_s=None)
+        tm = interleaved(fns, reps=sizes["reps"], warmup=sizes["warmup"], target_s=None)
         for lib, mode, norm in _variants(peers):
             name = _label(lib, mode, norm)
             nf, nb, gerr = counts[name]

@@ -24,9 +24,9 @@ NAME = "batch_coupling"
 OMEGAS = (1.0, 30.0)
 TOL = 1e-6
 SIZES = {
-    "full": dict(t1=10.0, n_out=101, reps=5),
-    "quick": dict(t1=2.0, n_out=21, reps=1),
-    "tiny": dict(t1=1.0, n_out=5, reps=1),
+    "full": dict(t1=10.0, n_out=101, reps=5, warmup=1),
+    "quick": dict(t1=2.0, n_out=21, reps=1, warmup=0),
+    "tiny": dict(t1=0.2, n_out=3, reps=1, warmup=0),
 }
 
 
@@ -55,7 +55,7 @@ def run(sizes: dict, peers=P.PEERS) -> pd.DataFrame:
                 bare = P.make_solver(p, func, "dopri5", TOL, TOL)
                 timed[p] = lambda s=bare, y0=y0: s(y0, t)
     with torch.no_grad():
-        tm = interleaved(timed, reps=sizes["reps"], warmup=1, target_s=0.05)
+        tm = interleaved(timed, reps=sizes["reps"], warmup=sizes["warmup"], target_s=None)
     df = pd.DataFrame(rows)
     df["batch_solve_s"] = df.peer.map({p: tm[p].wall for p in tm})
     return df

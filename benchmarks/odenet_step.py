@@ -30,7 +30,7 @@ NAME = "odenet_step"
 SIZES = {
     "full": dict(batch=128, reps=5, warmup=1),
     "quick": dict(batch=32, reps=1, warmup=0),
-    "tiny": dict(batch=4, reps=1, warmup=0),
+    "tiny": dict(batch=2, reps=1, warmup=0),
 }
 TOL = 1e-3
 

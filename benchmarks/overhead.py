@@ -19,9 +19,9 @@ from .timing import interleaved
 
 NAME = "overhead"
 SIZES = {
-    "full": dict(batches=(1, 512), methods=("dopri5", "rk4"), t1=10.0, reps=15, target_s=0.1),
-    "quick": dict(batches=(1, 512), methods=("dopri5", "rk4"), t1=10.0, reps=3, target_s=0.02),
-    "tiny": dict(batches=(1,), methods=("dopri5", "rk4"), t1=1.0, reps=1, target_s=0.0),
+    "full": dict(batches=(1, 512), methods=("dopri5", "rk4"), t1=10.0, reps=15, warmup=1, target_s=0.1),
+    "quick": dict(batches=(1, 512), methods=("dopri5", "rk4"), t1=2.0, reps=3, warmup=1, target_s=0.01),
+    "tiny": dict(batches=(1,), methods=("dopri5", "rk4"), t1=0.2, reps=1, warmup=0, target_s=None),
 }
 RTOL, ATOL = 1e-5, 1e-6
 RK4_STEP = 0.05
@@ -44,7 +44,7 @@ def run(sizes: dict, peers=P.PEERS) -> pd.DataFrame:
                 solvers = {p: P.make_solver(p, func, method, RTOL, ATOL, step) for p in names}
                 fns = {"func": lambda: func(t_func, y0)}
                 fns.update({p: (lambda s=solvers[p]: s(y0, t)) for p in names})
-                timings = interleaved(fns, reps=sizes["reps"], warmup=1, target_s=sizes["target_s"])
+                timings = interleaved(fns, reps=sizes["reps"], warmup=sizes["warmup"], target_s=sizes["target_s"])
             f = timings["func"]
             for p in names:
                 tm = timings[p]
@@ -60,20 +60,26 @@ def run(sizes: dict, peers=P.PEERS) -> pd.DataFrame:
 
 
 def verdicts(df: pd.DataFrame) -> list[tuple[str, bool]]:
-    """One (statement, met) per configuration: ndode ≤ 3x func and ≥ 5x less than torchdiffeq."""
+    """Per configuration: ndode ≤ 3x func, and its overhead beyond func ≥ 5x smaller than torchdiffeq's.
+
+    "Overhead" is the time per NFE beyond the function call itself, (ratio − 1);
+    the issue's "at least 5x less overhead than torchdiffeq" is read that way
+    (the plain ratio of ratios is reported next to it).
+    """
     out = []
     for (batch, method), g in df.groupby(["batch", "method"], sort=False):
         r = g.set_index("peer")["ratio"]
         if "ndode" not in r:
             continue
         nd = r["ndode"]
-        text = f"{method}, batch {batch}: ndode {nd:.2f}x func per NFE (goal ≤ {GOAL_RATIO:g}x)"
-        met = nd <= GOAL_RATIO
+        out.append((f"{method}, batch {batch}: ndode {nd:.2f}x the bare func per NFE (goal ≤ {GOAL_RATIO:g}x)",
+                    nd <= GOAL_RATIO))
         if "torchdiffeq" in r:
-            adv = r["torchdiffeq"] / nd
-            text += f"; torchdiffeq {r['torchdiffeq']:.2f}x, i.e. {adv:.1f}x ndode's (goal ≥ {GOAL_VS_TORCHDIFFEQ:g}x)"
-            met = met and adv >= GOAL_VS_TORCHDIFFEQ
-        out.append((text, met))
+            td = r["torchdiffeq"]
+            adv = (td - 1) / max(nd - 1, 1e-9)
+            out.append((f"{method}, batch {batch}: overhead beyond func ndode {nd - 1:.2f}x vs torchdiffeq {td - 1:.2f}x, "
+                        f"{adv:.1f}x less (goal ≥ {GOAL_VS_TORCHDIFFEQ:g}x; plain ratio {td / nd:.1f}x)",
+                        adv >= GOAL_VS_TORCHDIFFEQ))
     return out
 
 

@@ -30,9 +30,11 @@ class MLPODE(nn.Module):
                 lin.bias.copy_(torch.empty_like(lin.bias).uniform_(-bound, bound, generator=g))
 
     def forward(self, t, y):
-        for lin in self.linears[:-1]:
+        # plain iteration: slicing a ModuleList builds a new one per call, which would inflate func's cost
+        *hidden, last = self.linears
+        for lin in hidden:
             y = torch.tanh(lin(y))
-        return self.linears[-1](y)
+        return last(y)
 
 
 class VanDerPol(nn.Module):

@@ -33,7 +33,8 @@ SIZES = {
                  reps=3, slow_s=1.0),
     "quick": dict(problems=("van_der_pol",), methods={"dopri5": TOLS[:4], "bosh3": TOLS[:3], "tsit5": TOLS[:4]},
                   reps=1, slow_s=0.5),
-    "tiny": dict(problems=("van_der_pol",), methods={"dopri5": TOLS[:2], "bosh3": TOLS[:1]}, reps=1, slow_s=0.1),
+    "tiny": dict(problems=("van_der_pol",), methods={"dopri5": TOLS[:2], "bosh3": TOLS[:1], "tsit5": TOLS[:1]},
+                 reps=1, slow_s=0.1),
 }
 N_OUT = 11
 GOAL_METHODS = ("dopri5", "bosh3")  # the methods torchdiffeq shares with ndode
