@@ -44,7 +44,7 @@ WANDB_MODES = ("online", "offline", "disabled")
 BUDGET_UNITS = ("iter", "epoch")
 # Keys that do not change what a run computes: left out of run names and of
 # the config comparison made when a run directory is reused.
-NAME_EXCLUDED_KEYS = ("seed", "budget", "run_root", "quiet", "logger", "logger.wandb", "logger.mode",
+NAME_EXCLUDED_KEYS = ("seed", "budget", "run_root", "quiet", "threads", "logger", "logger.wandb", "logger.mode",
                       "logger.project", "logger.entity")
 
 
@@ -119,7 +119,7 @@ class LoggerConfig:
     """The W&B mirror of the run record (``configs/logger/*.yaml``)."""
 
     wandb: bool = True
-    mode: Optional[str] = None  # online | offline | disabled; None: $WANDB_MODE, else offline
+    mode: Optional[str] = None  # online | offline | disabled; $WANDB_MODE wins when set; None: offline
     project: str = "ndode"
     entity: Optional[str] = None
 
@@ -136,6 +136,7 @@ class ExperimentConfig:
     seed: int = 0
     run_root: str = "results/runs"  # run records go to <run_root>/<experiment>/<run name>/
     device: str = "cpu"  # cpu | cuda | cuda:N | auto
+    threads: Optional[int] = None  # torch intra-op threads; None: torch's default. Small models: 1 is fastest
     quiet: bool = False  # no console progress lines (tests)
     solver: SolverConfig = field(default_factory=SolverConfig)
     budget: BudgetConfig = field(default_factory=BudgetConfig)
@@ -146,6 +147,8 @@ class ExperimentConfig:
             raise ConfigError(f"experiment={self.experiment!r} must be a plain name ([A-Za-z0-9_.-]+)")
         if self.seed < 0:
             raise ConfigError(f"seed={self.seed!r} must be >= 0")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"threads={self.threads!r} must be >= 1 (or null: torch's default)")
         if not re.fullmatch(r"cpu|auto|cuda(:\d+)?|mps", self.device):
             raise ConfigError(f"device={self.device!r} is not one of ['cpu', 'cuda', 'cuda:N', 'mps', 'auto']")
 

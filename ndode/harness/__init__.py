@@ -1,0 +1,31 @@
+"""The experiment harness: config schemas, run records, the W&B mirror, one training loop, the collector.
+
+An experiment is a :class:`Task` plus a schema; ``experiments/<name>.py`` is::
+
+    @hydra.main(version_base="1.3", config_path="../configs", config_name="<name>")
+    def main(cfg):
+        return run_experiment(cfg, MyTask)      # MyTask(cfg, ctx) -> Task
+
+and every table or figure starts from :func:`load_runs`.
+"""
+
+from .config import (BudgetConfig, ConfigError, ExperimentConfig, LoggerConfig, SolverConfig, SolverMethod,
+                     register_schema, run_name, solver_kwargs, to_plain, validate)
+from .loop import RunContext, Task, hydra_run_dir, resolve_device, run_experiment, seed_everything
+from .record import RunRecord, RunRecordError, atomic_save, atomic_write_text, read_jsonl
+
+__all__ = [
+    "Task", "RunContext", "run_experiment", "load_runs",
+    "ExperimentConfig", "SolverConfig", "BudgetConfig", "LoggerConfig", "SolverMethod", "ConfigError",
+    "register_schema", "validate", "solver_kwargs", "to_plain", "run_name",
+    "RunRecord", "RunRecordError", "atomic_save", "atomic_write_text", "read_jsonl",
+    "seed_everything", "resolve_device", "hydra_run_dir",
+]
+
+
+def __getattr__(name):  # the collector pulls in pandas; training processes need not pay for it
+    if name == "load_runs":
+        from .collect import load_runs
+
+        return load_runs
+    raise AttributeError(f"module 'ndode.harness' has no attribute {name!r}")

@@ -1,0 +1,83 @@
+"""The collector: every run record under a root as one pandas DataFrame.
+
+This DataFrame is the single input of all tables and figures. One row per run:
+
+* ``run`` (path relative to the root), ``run_dir`` (absolute), ``run_name``, ``status`` (``done`` or ``unfinished``),
+* the resolved config flattened with dots (``solver.method``, ``budget.name``, ``seed``, ...),
+* the summary metrics (``summary.json``, flattened the same way),
+* ``git_commit``, ``git_dirty``, ``started``, ``finished`` from ``meta.json``.
+
+A summary key that collides with a config column is an error, not a silent overwrite.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+__all__ = ["load_runs", "RUN_COLUMNS"]
+
+RUN_COLUMNS = ("run", "run_dir", "run_name", "status")
+META_COLUMNS = ("git_commit", "git_dirty", "started", "finished")
+_SKIP_DIRS = {".hydra", "wandb", ".submitit", "figures", "arrays", "__pycache__"}
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(_flatten(v, key + "."))
+        elif isinstance(v, (list, dict)):
+            out[key] = json.dumps(v)  # hashable, so tables can group by it
+        else:
+            out[key] = v
+    return out
+
+
+def _run_dirs(root: Path):
+    for dirpath, dirnames, filenames in os.walk(root):
+        if "config.yaml" in filenames and "meta.json" in filenames:
+            dirnames[:] = []  # a run record holds no nested runs
+            yield Path(dirpath)
+        else:
+            dirnames[:] = sorted(d for d in dirnames if d not in _SKIP_DIRS)
+
+
+def load_runs(root: str | os.PathLike, finished_only: bool = True) -> pd.DataFrame:
+    """Load every run record under ``root`` (recursively) into a DataFrame, sorted by ``run``.
+
+    ``finished_only`` (default) keeps runs with a ``done`` marker; otherwise
+    unfinished runs come too, with ``status == "unfinished"`` and whatever
+    summary they have.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"no run records: {root} is not a directory")
+    rows = []
+    for d in _run_dirs(root):
+        done = (d / "done").exists()
+        if finished_only and not done:
+            continue
+        config = yaml.safe_load((d / "config.yaml").read_text(encoding="utf-8")) or {}
+        meta = json.loads((d / "meta.json").read_text(encoding="utf-8"))
+        summary_path = d / "summary.json"
+        summary = json.loads(summary_path.read_text(encoding="utf-8")) if summary_path.exists() else {}
+        row = {"run": d.relative_to(root).as_posix(), "run_dir": str(d.resolve()), "run_name": d.name,
+               "status": "done" if done else "unfinished"}
+        row.update(_flatten(config))
+        for k, v in _flatten(summary).items():
+            if k in row:
+                raise ValueError(f"{d}: summary key {k!r} collides with a config or record column; rename it")
+            row[k] = v
+        git = meta.get("git") or {}
+        row.update({"git_commit": git.get("commit"), "git_dirty": git.get("dirty"),
+                    "started": meta.get("started"), "finished": meta.get("finished")})
+        rows.append(row)
+    if not rows:
+        return pd.DataFrame(columns=list(RUN_COLUMNS))
+    return pd.DataFrame(rows).sort_values("run", kind="stable").reset_index(drop=True)

@@ -1,0 +1,364 @@
+"""The one training loop every experiment shares.
+
+An experiment supplies a :class:`Task` (its model, optimizer, data and what
+one training unit does); :func:`run_experiment` owns everything around it: the
+run directory, config and meta files, seeding, the step loop, metric records
+and the W&B mirror, evaluation and checkpoint cadence from the budget,
+resume, console progress, the summary and the ``done`` marker.
+
+A training *unit* is one call of ``Task.train_step``: an iteration for the
+CNF, latent-ODE and demo experiments, an epoch for MNIST. The budget says how
+many units a run has and how often to log, evaluate, checkpoint and print.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from .config import NAME_EXCLUDED_KEYS, to_plain, validate
+from .record import RunRecord, RunRecordError, atomic_save, now_iso
+from .wandb_mirror import WandbMirror
+
+__all__ = ["Task", "RunContext", "run_experiment", "seed_everything", "resolve_device", "hydra_run_dir"]
+
+log = logging.getLogger("ndode.harness")
+CHECKPOINT_VERSION = 1
+
+
+@dataclass
+class RunContext:
+    """What the harness hands a task when it is built."""
+
+    run_dir: Path
+    device: torch.device
+    seed: int
+    rank: int = 0
+    world_size: int = 1
+    _sink: Callable[[str, dict], None] | None = field(default=None, repr=False)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def log(self, kind: str, metrics: dict) -> None:
+        """Record extra metrics at the current step (e.g. ``kind="batch"`` for per-batch NFE)."""
+        if self._sink is not None:
+            self._sink(kind, metrics)
+
+
+class Task:
+    """What an experiment gives the harness; subclass it.
+
+    Set ``self.model`` (an ``nn.Module``) and, for training, ``self.optimizer``;
+    ``self.scheduler`` (optional) is stepped by the harness once per unit.
+    ``goals`` maps evaluation metrics to ``"min"`` or ``"max"``: their best
+    value so far is kept in the summary (``best_<metric>``) and in W&B.
+    """
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer | None = None
+    scheduler: Any = None
+    goals: dict[str, str] = {}
+
+    def train_step(self, step: int) -> dict[str, float]:
+        """Run training unit ``step`` (0-based); return its metrics (numbers; None is skipped)."""
+        raise NotImplementedError
+
+    def evaluate(self) -> dict[str, float]:
+        """Metrics of the current model on held-out data."""
+        return {}
+
+    def summary(self, final_eval: dict, final_train: dict) -> dict:
+        """The final metrics for summary.json (default: last evaluation + last train interval as ``train_*``)."""
+        return {**final_eval, **{f"train_{k}": v for k, v in final_train.items()}}
+
+    def state_dict(self) -> dict:
+        """Extra state to checkpoint beyond model/optimizer/scheduler/global RNGs (data position, generators)."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+    def make_figures(self, run_dir: Path) -> None:
+        """Write figures (and the arrays they are drawn from) into the run directory, once at the end."""
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_device(spec: str) -> torch.device:
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(spec)
+
+
+def hydra_run_dir() -> Path | None:
+    """The output directory Hydra chose for this job, or None outside ``@hydra.main``."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        if HydraConfig.initialized():
+            return Path(HydraConfig.get().runtime.output_dir)
+    except ImportError:
+        pass
+    return None
+
+
+def _hydra_overrides() -> list[str] | None:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        if HydraConfig.initialized():
+            return list(HydraConfig.get().overrides.task)
+    except ImportError:
+        pass
+    return None
+
+
+def _rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _identity(config: dict) -> dict:
+    """The config keys that decide what a run computes (for comparing a reused run directory)."""
+    flat = _flatten(config)
+    return {k: v for k, v in flat.items() if not any(k == x or k.startswith(x + ".") for x in NAME_EXCLUDED_KEYS
+                                                      if x not in ("seed", "budget"))}
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def _fmt_time(seconds: float) -> str:
+    seconds = int(round(seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
+
+
+class _Means:
+    """Running means of the numbers a task reports over one logging interval."""
+
+    def __init__(self, state: dict | None = None):
+        self.sums: dict[str, float] = dict((state or {}).get("sums", {}))
+        self.counts: dict[str, int] = dict((state or {}).get("counts", {}))
+
+    def add(self, metrics: dict) -> None:
+        for k, v in metrics.items():
+            if v is None:
+                continue
+            if isinstance(v, torch.Tensor):
+                v = v.item()
+            self.sums[k] = self.sums.get(k, 0.0) + float(v)
+            self.counts[k] = self.counts.get(k, 0) + 1
+
+    def pop(self) -> dict:
+        out = {k: self.sums[k] / self.counts[k] for k in self.sums}
+        self.sums, self.counts = {}, {}
+        return out
+
+    def state(self) -> dict:
+        return {"sums": dict(self.sums), "counts": dict(self.counts)}
+
+
+def run_experiment(cfg, make_task: Callable[[Any, RunContext], Task], run_dir: str | os.PathLike | None = None) -> dict:
+    """Run (or resume, or skip) one experiment run; return its summary.
+
+    ``cfg`` is the composed config (an ``ExperimentConfig`` schema);
+    ``make_task(cfg, ctx)`` builds the task after seeding. ``run_dir``
+    defaults to Hydra's output directory for this job.
+    """
+    validate(cfg)  # ranges and consistency; names and types were checked when Hydra composed cfg
+    config = to_plain(cfg)
+    if run_dir is None:
+        run_dir = hydra_run_dir()
+        if run_dir is None:
+            raise RunRecordError("no run_dir given and not running under @hydra.main; pass run_dir=...")
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    record = RunRecord(run_dir, writer=rank == 0)
+    name = record.dir.name
+    budget = cfg.budget
+    if record.done:
+        log.info("skip: %s is finished (found its 'done' marker); delete the directory to run it again", record.dir)
+        return record.read_summary() or {}
+
+    record.dir.mkdir(parents=True, exist_ok=True)
+    old = record.read_config()
+    if old is not None and _identity(old) != _identity(config):
+        a, b = _identity(old), _identity(config)
+        diff = sorted(k for k in set(a) | set(b) if a.get(k, "<absent>") != b.get(k, "<absent>"))
+        raise RunRecordError(
+            f"{record.dir} holds a run with a different config (differs in {diff}); "
+            "delete that directory or change the overrides/seed")
+    record.write_config(config)
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    seed_everything(cfg.seed)
+    device = resolve_device(cfg.device)
+    ctx = RunContext(run_dir=record.dir, device=device, seed=cfg.seed, rank=rank, world_size=world)
+    task = make_task(cfg, ctx)
+
+    start, hstate = 0, {"means": None, "elapsed": 0.0, "last_eval": {}, "last_train": {}, "best": {}}
+    ckpt_path = record.checkpoint_path
+    if ckpt_path.exists():
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        task.model.load_state_dict(ckpt["model"])
+        if task.optimizer is not None and ckpt.get("optimizer") is not None:
+            task.optimizer.load_state_dict(ckpt["optimizer"])
+        if task.scheduler is not None and ckpt.get("scheduler") is not None:
+            task.scheduler.load_state_dict(ckpt["scheduler"])
+        task.load_state_dict(ckpt.get("task") or {})
+        _set_rng_state(ckpt["rng"])
+        start, hstate = int(ckpt["step"]), ckpt["harness"]
+        dropped = record.truncate_metrics(start)
+        log.info("resume: %s from its checkpoint at %s %d/%d (dropped %d later metric records)",
+                 record.dir, budget.unit, start, budget.steps, dropped)
+    else:
+        record.truncate_metrics(0)  # records of an attempt killed before its first checkpoint
+        log.info("start: %s (%s budget, %d %ss)", record.dir, budget.name, budget.steps, budget.unit)
+    record.start_meta(extra={"experiment": cfg.experiment, "run_name": name, "overrides": _hydra_overrides()},
+                      resumed_from=start if ckpt_path.exists() else None)
+
+    model_name = getattr(getattr(cfg, "model", None), "name", None) if hasattr(cfg, "model") else None
+    mirror = WandbMirror(
+        enabled=bool(cfg.logger.wandb) and rank == 0, mode=cfg.logger.mode, project=cfg.logger.project,
+        entity=cfg.logger.entity, run_dir=record.dir, name=name, group=cfg.experiment,
+        tags=[f"budget={budget.name}"] + ([f"model={model_name}"] if model_name else []),
+        config={**config, "run_dir": str(record.dir)}, goals=task.goals, quiet=cfg.quiet)
+
+    means = _Means(hstate["means"])
+    t0, elapsed0 = time.perf_counter(), float(hstate["elapsed"])
+    current_step = [start]
+
+    def elapsed() -> float:
+        return elapsed0 + time.perf_counter() - t0
+
+    def emit(kind: str, metrics: dict, step: int | None = None) -> None:
+        step = current_step[0] if step is None else step
+        record.append_metrics({"step": step, "kind": kind, "time_s": round(elapsed(), 3), **metrics})
+        mirror.log(step, kind, metrics)
+
+    ctx._sink = emit
+
+    def progress(s: int) -> None:
+        if rank != 0:
+            return
+        done_units = s - start
+        rate = done_units / max(time.perf_counter() - t0, 1e-9)
+        eta = (budget.steps - s) / rate if rate > 0 else float("nan")
+        train = " ".join(f"{k} {_fmt(v)}" for k, v in hstate["last_train"].items())
+        ev = " ".join(f"{k} {_fmt(v)}" for k, v in hstate["last_eval"].items())
+        line = (f"{cfg.experiment} {name} | {budget.unit} {s}/{budget.steps} ({100 * s / budget.steps:.0f}%)"
+                f" | {train}" + (f" | eval {ev}" if ev else "")
+                + f" | {_fmt_time(elapsed())} elapsed, ETA {_fmt_time(eta) if eta == eta else '?'}")
+        log.log(logging.DEBUG if cfg.quiet else logging.INFO, line)
+
+    def do_eval(s: int) -> None:
+        task.model.eval()
+        try:
+            with torch.no_grad():
+                metrics = {k: (v.item() if isinstance(v, torch.Tensor) else v) for k, v in task.evaluate().items()}
+        finally:
+            task.model.train()
+        for k, goal in task.goals.items():
+            if metrics.get(k) is not None:
+                prev = hstate["best"].get(k)
+                better = prev is None or (metrics[k] < prev if goal == "min" else metrics[k] > prev)
+                hstate["best"][k] = metrics[k] if better else prev
+        hstate["last_eval"] = metrics
+        emit("eval", metrics, s)
+
+    def save_checkpoint(s: int) -> None:
+        if rank != 0:
+            return
+        hstate["means"], hstate["elapsed"] = means.state(), elapsed()
+        state = {
+            "version": CHECKPOINT_VERSION, "step": s, "saved": now_iso(),
+            "model": task.model.state_dict(),
+            "optimizer": task.optimizer.state_dict() if task.optimizer is not None else None,
+            "scheduler": task.scheduler.state_dict() if task.scheduler is not None else None,
+            "task": task.state_dict(), "rng": _rng_state(), "harness": hstate,
+        }
+        atomic_save(ckpt_path, lambda tmp: torch.save(state, tmp))
+
+    exit_code = 1
+    try:
+        task.model.train()
+        progress_every = budget.progress_every or budget.eval_every or budget.steps
+        for step in range(start, budget.steps):
+            current_step[0] = step + 1
+            metrics = task.train_step(step)
+            if task.scheduler is not None:
+                task.scheduler.step()
+            means.add(metrics or {})
+            s = step + 1
+            last = s == budget.steps
+            if s % budget.log_every == 0 or last:
+                hstate["last_train"] = means.pop()
+                emit("train", hstate["last_train"], s)
+            if (budget.eval_every and s % budget.eval_every == 0) or last:
+                do_eval(s)
+            if s % progress_every == 0 or last:
+                progress(s)
+            if (budget.checkpoint_every and s % budget.checkpoint_every == 0) or last:
+                save_checkpoint(s)
+
+        summary = dict(task.summary(dict(hstate["last_eval"]), dict(hstate["last_train"])))
+        summary.update({f"best_{k}": v for k, v in hstate["best"].items()})
+        summary.update({"steps": budget.steps, "unit": budget.unit, "wall_time_s": round(elapsed(), 3)})
+        record.write_summary(summary)
+        if rank == 0:
+            (record.dir / "figures").mkdir(exist_ok=True)
+            task.make_figures(record.dir)
+        meta = record.read_meta()
+        meta["finished"] = now_iso()
+        meta["attempts"][-1]["finished"] = meta["finished"]
+        record.write_meta(meta)
+        mirror.summary(summary)
+        exit_code = 0
+    finally:
+        mirror.finish(exit_code)
+        record.close()
+    record.mark_done()
+    log.info("done: %s | %s | %s", record.dir,
+             " ".join(f"{k} {_fmt(v)}" for k, v in summary.items() if isinstance(v, (int, float))),
+             _fmt_time(summary["wall_time_s"]))
+    return summary

@@ -1,0 +1,251 @@
+"""The run record: one directory per run, the source of truth for every table and figure.
+
+::
+
+    <run_root>/<experiment>/<run name>/
+        config.yaml     the resolved config (budget and seed included)
+        meta.json       git commit and dirty flag, package versions, host, command, attempts
+        metrics.jsonl   one JSON object per logged record: {"step", "kind", "time_s", <metrics>...}
+        checkpoint.pt   the latest training state (resume)
+        summary.json    the final metrics
+        done            written last: the run is complete
+
+Every file is written atomically (a temporary file in the same directory,
+then ``os.replace``), so a run killed at any instant leaves either the old or
+the new version of each file, never half of one. ``metrics.jsonl`` is appended
+line by line; a resumed run first drops the records after its checkpoint and
+any torn last line.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+
+__all__ = ["RunRecord", "RunRecordError", "atomic_write_text", "atomic_write_bytes", "atomic_save", "read_jsonl",
+           "package_versions", "git_state", "now_iso"]
+
+CONFIG, META, METRICS, SUMMARY, CHECKPOINT, DONE = (
+    "config.yaml", "meta.json", "metrics.jsonl", "summary.json", "checkpoint.pt", "done")
+PACKAGES = ("ndode", "torch", "numpy", "hydra-core", "omegaconf", "wandb", "pandas", "matplotlib")
+
+
+class RunRecordError(RuntimeError):
+    """A run directory that cannot be used as asked (e.g. it holds a run with another config)."""
+
+
+def now_iso() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).astimezone().isoformat(timespec="seconds")
+
+
+def _tmp_path(path: Path) -> Path:
+    # keep the suffix: some writers (matplotlib, torch) infer a format from it
+    return path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    path = Path(path)
+    tmp = _tmp_path(path)
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_save(path: str | os.PathLike, save) -> None:
+    """Atomically write a file produced by ``save(tmp_path)`` (``torch.save``, ``savefig``, ``np.savez``...)."""
+    path = Path(path)
+    tmp = _tmp_path(path)
+    try:
+        save(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _json_default(x):
+    if hasattr(x, "item"):  # numpy / torch scalars
+        return x.item()
+    if isinstance(x, Path):
+        return str(x)
+    raise TypeError(f"not JSON serialisable: {type(x).__name__}")
+
+
+def _clean(x):
+    """NaN and infinities become None (strict JSON); everything else unchanged."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_clean(v) for v in x]
+    return x
+
+
+def dumps(obj, **kw) -> str:
+    return json.dumps(_clean(obj), default=_json_default, allow_nan=False, **kw)
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    """All complete records of a JSON-lines file (a torn last line is skipped)."""
+    out = []
+    p = Path(path)
+    if not p.exists():
+        return out
+    for line in p.read_text(encoding="utf-8").splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out
+
+
+def package_versions(names: Iterable[str] = PACKAGES) -> dict[str, str | None]:
+    out = {"python": platform.python_version()}
+    for n in names:
+        try:
+            out[n] = metadata.version(n)
+        except metadata.PackageNotFoundError:
+            out[n] = None
+    return out
+
+
+def git_state(where: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Commit and dirty flag of the repository holding ``where`` (default: the ndode package)."""
+    where = Path(where) if where else Path(__file__).resolve().parents[2]
+    try:
+        def git(*args):
+            return subprocess.run(["git", "-C", str(where), *args], capture_output=True, text=True, timeout=20,
+                                  check=True).stdout.strip()
+        commit = git("rev-parse", "HEAD")
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+        return {"commit": commit, "dirty": dirty}
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+
+
+class RunRecord:
+    """Reads and writes one run directory. Only the main process (rank 0) writes."""
+
+    def __init__(self, run_dir: str | os.PathLike, writer: bool = True):
+        self.dir = Path(run_dir).resolve()
+        self.writer = writer
+        self._metrics_fh = None
+
+    # ------------------------------------------------------------------ paths and state
+    def path(self, name: str) -> Path:
+        return self.dir / name
+
+    @property
+    def done(self) -> bool:
+        return self.path(DONE).exists()
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.path(CHECKPOINT)
+
+    def read_config(self) -> dict | None:
+        p = self.path(CONFIG)
+        return yaml.safe_load(p.read_text(encoding="utf-8")) if p.exists() else None
+
+    def read_meta(self) -> dict:
+        p = self.path(META)
+        return json.loads(p.read_text(encoding="utf-8")) if p.exists() else {}
+
+    def read_summary(self) -> dict | None:
+        p = self.path(SUMMARY)
+        return json.loads(p.read_text(encoding="utf-8")) if p.exists() else None
+
+    def read_metrics(self) -> list[dict]:
+        return read_jsonl(self.path(METRICS))
+
+    # ------------------------------------------------------------------ writing
+    def write_json(self, name: str, obj) -> None:
+        if self.writer:
+            atomic_write_text(self.path(name), dumps(obj, indent=2, sort_keys=False) + "\n")
+
+    def write_config(self, config: dict) -> None:
+        if self.writer:
+            atomic_write_text(self.path(CONFIG), yaml.safe_dump(config, sort_keys=False))
+
+    def write_meta(self, meta: dict) -> None:
+        self.write_json(META, meta)
+
+    def write_summary(self, summary: dict) -> None:
+        self.write_json(SUMMARY, summary)
+
+    def mark_done(self) -> None:
+        if self.writer:
+            atomic_write_text(self.path(DONE), now_iso() + "\n")
+
+    def truncate_metrics(self, last_step: int) -> int:
+        """Keep only complete records with ``step <= last_step``; return how many were dropped."""
+        if not self.writer:
+            return 0
+        p = self.path(METRICS)
+        if not p.exists():
+            return 0
+        lines = p.read_text(encoding="utf-8").splitlines()
+        keep = []
+        for line in lines:
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if rec.get("step", 0) <= last_step:
+                keep.append(line)
+        atomic_write_text(p, "".join(f"{line}\n" for line in keep))
+        return len(lines) - len(keep)
+
+    def append_metrics(self, record: dict) -> None:
+        if not self.writer:
+            return
+        if self._metrics_fh is None:
+            self._metrics_fh = open(self.path(METRICS), "a", encoding="utf-8")
+        # one write per complete line: a kill leaves at most a torn last line, dropped on resume
+        self._metrics_fh.write(dumps(record) + "\n")
+        self._metrics_fh.flush()
+
+    def close(self) -> None:
+        if self._metrics_fh is not None:
+            self._metrics_fh.close()
+            self._metrics_fh = None
+
+    def start_meta(self, extra: dict | None = None, resumed_from: int | None = None) -> dict:
+        """Create or update meta.json for a new attempt at this run."""
+        meta = self.read_meta()
+        git = git_state()
+        attempt = {"started": now_iso(), "resumed_from_step": resumed_from, "argv": list(sys.argv),
+                   "host": platform.node(), "pid": os.getpid(), "git": git}
+        if not meta:
+            meta = {
+                "git": git,
+                "packages": package_versions(),
+                "host": {"name": platform.node(), "platform": platform.platform(), "cpus": os.cpu_count(),
+                         "python": sys.executable},
+                "started": attempt["started"],
+                "finished": None,
+                "attempts": [],
+            }
+        meta.update(extra or {})
+        meta["attempts"].append(attempt)
+        self.write_meta(meta)
+        return meta
