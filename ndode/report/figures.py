@@ -53,14 +53,14 @@ def plot_ode_demo(a: dict, title: str | None = None) -> Figure:
     ax.set(xlabel="y₁", ylabel="y₂", title=f"Phase portrait (held-out MSE {mse:.3g})", aspect="equal")
     ax.legend(loc="upper right", fontsize=8)
     g = a["grid"]
-    for ax, key, label, color in ((axes[2], "true_field", "True vector field", TRUE),
-                                  (axes[3], "learned_field", "Learned vector field", LEARNED)):
+    for ax, key, label, y, color in ((axes[2], "true_field", "True vector field", yt, TRUE),
+                                     (axes[3], "learned_field", "Learned vector field", yl, LEARNED)):
         f = a[key]
         norm = np.linalg.norm(f, axis=-1, keepdims=True)
         u = f / np.maximum(norm, 1e-12)  # directions; the colour carries the speed
         ax.quiver(g[..., 0], g[..., 1], u[..., 0], u[..., 1], np.log1p(norm[..., 0]), cmap="viridis",
                   scale=30, width=0.004)
-        ax.plot(yt[:, 0], yt[:, 1], "-", lw=0.8, color=color, alpha=0.6)
+        ax.plot(y[:, 0], y[:, 1], "-", lw=0.8, color=color, alpha=0.6)  # the trajectory of this field
         ax.set(xlabel="y₁", ylabel="y₂", title=label, aspect="equal",
                xlim=(g[..., 0].min(), g[..., 0].max()), ylim=(g[..., 1].min(), g[..., 1].max()))
     if title:
