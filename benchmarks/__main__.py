@@ -61,11 +61,24 @@ def run_all(profile: str = "full", out: Path | None = None, only=None, command: 
     if out is not None:
         (out / "machine.json").write_text(json.dumps(
             {"before": info, "after": info_after, "elapsed_s": round(elapsed, 1), "profile": profile,
+             "command": command or f"python -m benchmarks --out {out}",
              "seconds": {k: round(v, 1) for k, v in seconds.items()}}, indent=2) + "\n")
         (out / "README.md").write_text(report.build_readme(
             results, MODULES, info, info_after, elapsed, command or f"python -m benchmarks --out {out}",
             seconds, plots))
     return results
+
+
+def rebuild_report(out: Path) -> None:
+    """Rewrite ``out/README.md`` from the CSV files and ``machine.json`` of an earlier run (no measuring)."""
+    import pandas as pd
+
+    meta = json.loads((out / "machine.json").read_text())
+    results = {n: pd.read_csv(out / f"{n}.csv") for n in MODULES if (out / f"{n}.csv").exists()}
+    plots = {n: f"{n}.png" for n in results if (out / f"{n}.png").exists()}
+    (out / "README.md").write_text(report.build_readme(
+        results, MODULES, meta["before"], meta["after"], meta["elapsed_s"], meta.get("command", "make bench"),
+        meta["seconds"], plots))
 
 
 def main(argv=None) -> int:
@@ -77,7 +90,14 @@ def main(argv=None) -> int:
                       help="smallest sizes (the smoke test's); numbers are meaningless")
     ap.add_argument("--out", type=Path, default=None, help="write CSV, PNG and README.md here")
     ap.add_argument("--only", default=None, help=f"comma-separated subset of: {', '.join(MODULES)}")
+    ap.add_argument("--report-only", action="store_true",
+                    help="rebuild OUT/README.md from the CSV files of an earlier run, measuring nothing")
     args = ap.parse_args(argv)
+    if args.report_only:
+        if args.out is None:
+            ap.error("--report-only needs --out")
+        rebuild_report(args.out)
+        return 0
     profile = args.profile or "full"
     only = args.only.split(",") if args.only else None
     command = "make bench" if profile == "full" and args.out == Path("results/bench") else \

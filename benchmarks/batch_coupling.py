@@ -78,8 +78,26 @@ def summary(df: pd.DataFrame) -> str:
     return "batch coupling (ω=1 & 30): " + "; ".join(parts) + f" | batch time ndode/peer: {ratios}"
 
 
+def findings(df: pd.DataFrame) -> list[str]:
+    """The easy sample's price in a batch, per peer, in words."""
+    easy = f"alone ω={OMEGAS[0]:g}"
+    out = []
+    for p in dict.fromkeys(df.peer):
+        a = df[(df.peer == p) & (df.setting == easy)].iloc[0]
+        b = df[(df.peer == p) & (df.setting == "batch") & (df.omega == OMEGAS[0])].iloc[0]
+        if b.sample_steps == b.sample_steps and b.sample_steps is not None:
+            out.append(f"{p}: the ω={OMEGAS[0]:g} sample keeps its own {int(b.sample_steps)} steps and error "
+                       f"{b.error:.0e} in the batch (alone: {int(a.sample_steps)} steps, {a.error:.0e}), but func is "
+                       f"called {b.calls} times on the whole batch ({b.calls / a.calls:.0f}x its {a.calls} alone)")
+        else:
+            out.append(f"{p}: in the batch the ω={OMEGAS[0]:g} sample is evaluated {b.calls} times instead of "
+                       f"{a.calls} ({b.calls / a.calls:.0f}x) and comes out at error {b.error:.0e} instead of "
+                       f"{a.error:.0e} (rtol = atol = {TOL:g})")
+    return out
+
+
 def markdown(df: pd.DataFrame) -> str:
-    lines = ["| peer | setting | ω | func calls | steps of this sample | error of x | batch solve (ms) |",
+    lines = [f"- {x}" for x in findings(df)] + ["", "| peer | setting | ω | func calls | steps of this sample | error of x | batch solve (ms) |",
              "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
     for r in df.itertuples():
         steps = "shared" if r.sample_steps is None or r.sample_steps != r.sample_steps else f"{int(r.sample_steps)}"
