@@ -65,11 +65,14 @@ class ODEDemoBudget(BudgetConfig):
     batch_size: int = 20  # windows per mini-batch
     batch_time: int = 10  # training samples per window
     refine_steps: int = 0  # the last units: L-BFGS steps on the whole training series, integrated from y0
+    refine_max_iter: int = 4  # L-BFGS iterations per refine unit
 
     def validate(self, path: str) -> None:
         super().validate(path)
         if not 0 <= self.refine_steps < self.steps:
             raise ConfigError(f"{path}.refine_steps={self.refine_steps!r} must be in [0, {path}.steps={self.steps})")
+        if self.refine_max_iter < 1:
+            raise ConfigError(f"{path}.refine_max_iter={self.refine_max_iter!r} must be >= 1")
 
 
 @dataclass
@@ -118,8 +121,8 @@ class ODEDemoTask(Task):
                 self.optimizer, T_max=max(1, cfg.budget.steps - cfg.budget.refine_steps))
         self.solver = solver_kwargs(cfg.solver)
         self.batches = torch.Generator().manual_seed(cfg.seed + 1)  # mini-batch sampling, checkpointed
-        self.refiner = torch.optim.LBFGS(self.model.parameters(), lr=1.0, max_iter=4, history_size=20,
-                                         line_search_fn="strong_wolfe")
+        self.refiner = torch.optim.LBFGS(self.model.parameters(), lr=1.0, max_iter=cfg.budget.refine_max_iter,
+                                         history_size=20, line_search_fn="strong_wolfe")
         self.t_train, self.y_train = self.t[~self.heldout], self.y_obs[~self.heldout]
         # what the summary reports about training; checkpointed, so a resumed run reports the same
         self.tally = {"window_steps": 0, "window_loss": None, "nfe_forward": 0, "nfe_backward": 0, "refine_mse": None}

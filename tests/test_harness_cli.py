@@ -17,6 +17,7 @@ import pytest
 
 pytest.importorskip("hydra")
 
+from ndode.harness.config import run_name  # noqa: E402
 from ndode.harness.record import read_jsonl  # noqa: E402
 
 from test_harness import _assert_complete, compose_demo, ode_demo  # noqa: E402
@@ -41,7 +42,7 @@ def cli(*args, timeout=240, check=True):
     return p.returncode, out
 
 
-def test_cli_smoke_run_then_skip(tmp_path):
+def test_cli_smoke_run_then_sweep_skips_it(tmp_path):
     args = ["solver.method=rk4", "budget=smoke", "seed=3", f"run_root={tmp_path}"]
     _, out = cli(*args)
     run_dir = tmp_path / "ode_demo" / "budget=smoke,solver.method=rk4,seed=3"
@@ -49,24 +50,24 @@ def test_cli_smoke_run_then_skip(tmp_path):
     assert "iter 30/30" in out and "ETA" in out and "nfe_forward" in out  # console progress
     assert (run_dir / ".hydra" / "overrides.yaml").exists()
     stamp = (run_dir / "done").stat().st_mtime_ns
-    _, out = cli(*args)
+    # the same job in a sweep (basic launcher): same directory, found finished, skipped
+    _, out = cli("-m", *args)
     assert "skip:" in out and (run_dir / "done").stat().st_mtime_ns == stamp
     assert not (REPO / "outputs").exists() and not (REPO / "multirun").exists()
 
 
 def test_cli_bad_override_fails_before_any_work(tmp_path):
+    # each bad override is also checked through the compose API in test_harness.py
     code, out = cli("solver.rtoll=1e-3", f"run_root={tmp_path}", check=False)
     assert code != 0 and "rtoll" in out and "Traceback" not in out
-    code, out = cli("solver.rtol=abc", f"run_root={tmp_path}", check=False)
-    assert code != 0 and "abc" in out and "rtol" in out
     assert not any(tmp_path.iterdir())
 
 
 def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
-    over = ["budget=smoke", "budget.steps=300", "budget.refine_steps=2", "budget.checkpoint_every=10",
+    over = ["budget=smoke", "budget.steps=150", "budget.refine_steps=1", "budget.checkpoint_every=10",
             "budget.eval_every=50", "budget.log_every=5"]
     killed_root, clean_root = tmp_path / "killed", tmp_path / "clean"
-    run_dir = killed_root / "ode_demo" / ("budget=smoke," + ",".join(sorted(over[1:])) + ",seed=0")
+    run_dir = killed_root / "ode_demo" / run_name(",".join(sorted(over[1:])), "smoke", 0)
     proc = subprocess.Popen([sys.executable, str(SCRIPT), *over, f"run_root={killed_root}", "quiet=true"],
                             cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -86,7 +87,7 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
     assert "resume:" in out
     meta = _assert_complete(run_dir)
     resumed_from = meta["attempts"][-1]["resumed_from_step"]
-    assert len(meta["attempts"]) == 2 and 0 < resumed_from < 300
+    assert len(meta["attempts"]) == 2 and 0 < resumed_from < 150
 
     # the same run, uninterrupted, in this process (compose API)
     cfg = compose_demo(*over, f"run_root={clean_root}", "quiet=true")
@@ -104,21 +105,19 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
     assert strip(read_jsonl(run_dir / "metrics.jsonl")) == strip(read_jsonl(clean_root / "x" / "metrics.jsonl"))
 
 
-def test_joblib_sweep_then_basic_sweep_skips_finished_jobs(tmp_path):
-    sweep = ["-m", "seed=0,1", "budget=smoke", "budget.steps=10", "budget.refine_steps=1", f"run_root={tmp_path}"]
-    _, out = cli(*sweep, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2")
+def test_joblib_sweep(tmp_path):
+    _, out = cli("-m", "seed=0,1", "budget=smoke", "budget.steps=10", f"run_root={tmp_path}",
+                 "hydra/launcher=joblib", "hydra.launcher.n_jobs=2")
     assert "Joblib" in out
-    dirs = [tmp_path / "ode_demo" / f"budget=smoke,budget.refine_steps=1,budget.steps=10,seed={s}" for s in (0, 1)]
+    dirs = [tmp_path / "ode_demo" / f"budget=smoke,budget.steps=10,seed={s}" for s in (0, 1)]
     metas = [_assert_complete(d) for d in dirs]
-    assert metas[0]["attempts"][0]["pid"] != metas[1]["attempts"][0]["pid"]
-    _, out = cli(*sweep)  # the basic launcher, same jobs: both already finished
-    assert out.count("skip:") == 2
+    assert metas[0]["attempts"][0]["pid"] != metas[1]["attempts"][0]["pid"]  # separate worker processes
 
 
 def test_submitit_local_sweep(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
-    _, out = cli("-m", "seed=0,1", "budget=smoke", "budget.steps=10", "budget.refine_steps=1", f"run_root={tmp_path}",
+    _, out = cli("-m", "seed=0,1", "budget=smoke", "budget.steps=10", f"run_root={tmp_path}",
                  "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=5", timeout=300)
     for s in (0, 1):
-        _assert_complete(tmp_path / "ode_demo" / f"budget=smoke,budget.refine_steps=1,budget.steps=10,seed={s}")
+        _assert_complete(tmp_path / "ode_demo" / f"budget=smoke,budget.steps=10,seed={s}")
     assert (tmp_path / "ode_demo" / ".submitit").is_dir()
