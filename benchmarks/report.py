@@ -20,8 +20,8 @@ MISS_NOTES: dict[str, str] = {
     "overhead": """\
 **Why the "5x less overhead than torchdiffeq" goal is missed, and what would fix it.**
 torchdiffeq's ≈19x reference was not reproduced: with this `func` (two `nn.Linear` and a
-`tanh`, ~30 µs a call here) torchdiffeq costs about 9x on dopri5 at batch 1 and only 1.5–2.5x
-on rk4, so "5x less overhead" leaves ndode a budget of 0.1–0.3x `func` per evaluation on rk4.
+`tanh`, 30–50 µs a call here) torchdiffeq costs about 8x on dopri5 at batch 1 and 1.3–3.7x on
+rk4, so "5x less overhead" leaves ndode a budget of 0.1–0.5x `func` per evaluation on rk4.
 A cProfile of ndode's dopri5 loop at batch 1 (50 solves) shows what it spends beyond `func`:
 each step issues about 40 small ATen operations (20 `torch.add` for the stage sums, 6 time
 tensors, 6 for the error estimate, 5 for its scale, a division, a norm), 2–5 µs of dispatch
@@ -30,17 +30,18 @@ each on this CPU, plus the Python around them. The largest single item is the ti
 device=...)`. Replacing that with `torch.scalar_tensor(t, dtype=..., device=...)` (the same
 0-d tensor) cut the solve time by 16–19 % at batch 1 and 8–12 % at batch 512 (A/B in one
 process against a patched copy, 31 interleaved repetitions, identical NFE and outputs:
-dopri5 2.65x → 2.24x and rk4 1.77x → 1.54x the bare `func` per NFE at batch 1). That alone
-brings dopri5's overhead to about 1/6.6 of torchdiffeq's at batch 1 (goal met there); rk4
-would still be at about 1/2.7. On CUDA the same line is worse than slow: `torch.tensor` of a
-Python float with a CUDA device is a blocking host-to-device copy, i.e. one host
-synchronisation per function evaluation, which the design rules out; `torch.scalar_tensor`
-fills the value on the device (not measured here: no GPU in this run). Tried and rejected:
-stacking the stages in one buffer and forming each stage with a single `addmm` — 20–60 %
-*slower* at batch 1, because the indexing and copies cost more than the adds they replace.
-Getting fixed-step overhead to a fifth of torchdiffeq's needs fewer kernel launches per step
-than eager PyTorch allows (a compiled step: `torch.compile`, or CUDA graphs on GPU), not
-another small change.""",
+dopri5 2.65x → 2.24x and rk4 1.77x → 1.54x the bare `func` per NFE at batch 1). Rerunning
+this benchmark with the patched copy (separately, load ≈3.5) gave dopri5 2.45x vs
+torchdiffeq 8.3x at batch 1 — 5.0x less overhead, the goal — while rk4 (1.60x vs 3.1x) and
+batch 512 (1.65x vs 3.4x; 1.27x vs 1.5x) stayed at 2–4x less. On CUDA the same line is worse
+than slow: `torch.tensor` of a Python float with a CUDA device is a blocking host-to-device
+copy, i.e. one host synchronisation per function evaluation, which the design rules out;
+`torch.scalar_tensor` fills the value on the device (not measured here: no GPU in this run).
+Tried and rejected: stacking the stages in one buffer and forming each stage with a single
+`addmm` — 20–60 % *slower* at batch 1, because the indexing and copies cost more than the adds
+they replace. Getting fixed-step overhead to a fifth of torchdiffeq's needs fewer kernel
+launches per step than eager PyTorch allows (a compiled step: `torch.compile`, or CUDA graphs
+on GPU), not another small change.""",
     "work_precision": """\
 **Where ndode needs more evaluations than torchdiffeq, and why.** ndode's step-size control
 reproduces SciPy's `RK45`/`RK23` exactly (identical NFE and error at every tolerance in the
@@ -73,8 +74,8 @@ backward steps; the adjoint gradients of both libraries are as rough as tol 1e-3
     "adjoint_nfe": """\
 How to read NFE-B: the forward steps here are several times longer than the 0.05 gap between
 output times, so ndode's backward solve takes exactly one clipped step per gap (6 evaluations)
-plus one re-evaluation after the adjoint jumps at each output: 7 × 99 + 1 = 694 at every
-tolerance. torchdiffeq restarts at every gap with a fresh initial-step search and its own
+plus one re-evaluation after the adjoint jumps at each output: 7 × 99 + 1 = 694 (a handful
+more where a step is rejected) at every tolerance. torchdiffeq restarts at every gap with a fresh initial-step search and its own
 first steps (8–14 evaluations per gap). The gradients are at least as accurate (last column).""",
 }
 

@@ -159,6 +159,7 @@ def markdown(df: pd.DataFrame) -> str:
 
 def plot(df: pd.DataFrame, path) -> None:
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
 
     problems = list(dict.fromkeys(df.problem))
     colors = {"ndode": "C0", "torchdiffeq": "C1", "torchode": "C2", "scipy": "C3"}
@@ -168,7 +169,9 @@ def plot(df: pd.DataFrame, path) -> None:
         g = df[df.problem == problem]
         for (method, peer), h in g.groupby(["method", "peer"], sort=False):
             h = h.sort_values("tol")
-            kw = dict(color=colors.get(peer), ms=3, lw=1, label=f"{peer} {method}")
+            nd = peer == "ndode"  # drawn on top: SciPy's curves coincide with ndode's
+            kw = dict(color=colors.get(peer), ms=4 if nd else 3, lw=1.8 if nd else 1, zorder=3 if nd else 2,
+                      label=f"{peer} {method}")
             axes[i, 0].loglog(h.nfe, h.error, styles.get(method, "-o"), **kw)
             axes[i, 1].loglog(h.time_s, h.error, styles.get(method, "-o"), **kw)
         axes[i, 0].set_title(f"{problem}: error vs NFE")
@@ -176,6 +179,7 @@ def plot(df: pd.DataFrame, path) -> None:
         axes[i, 0].set_xlabel("function evaluations")
         axes[i, 1].set_xlabel("seconds per solve")
         for ax in axes[i]:
+            ax.xaxis.set_minor_formatter(NullFormatter())
             ax.set_ylabel("max abs error")
             ax.grid(True, which="both", alpha=0.3)
     axes[0, 1].legend(fontsize=7, ncol=2)
