@@ -120,7 +120,7 @@ class _Adjoint(torch.autograd.Function):
         def f_at(i):  # f(t_i, y_i) at a saved output, for the time gradients
             bstats.nfe += 1
             with torch.no_grad():
-                return func(torch.tensor(times[i], dtype=dtype, device=device), ys[i])
+                return func(torch.scalar_tensor(times[i], dtype=dtype, device=device), ys[i])
 
         def aug_dynamics(tt, aug):
             y = aug[:ny].view(shape)
