@@ -52,3 +52,17 @@ reproduce-mnist: $(STAMP) $(MNIST_RAW) ## MNIST Table 1 + Figure 3: mlp, resnet,
 	$(PY) experiments/mnist.py -m model=odenet,rknet,resnet,mlp budget=$(BUDGET) seed=$(SEEDS) hydra/launcher=joblib hydra.launcher.n_jobs=$(JOBS)
 	$(PY) scripts/make_tables.py --experiment mnist --budget $(BUDGET)
 	$(PY) scripts/make_figures.py --experiment mnist --budget $(BUDGET)
+
+demo: $(STAMP) ## learn a spiral ODE from noisy samples (cpu budget, ~1-2 min): results/figures/ode_demo.png, results/tables/ode_demo.md
+	$(PY) experiments/ode_demo.py budget=cpu seed=0
+	$(PY) scripts/make_figures.py --experiment ode_demo
+	$(PY) scripts/make_tables.py --experiment ode_demo
+
+tables: $(STAMP) ## collect results/runs into results/summary/<exp>.csv and results/tables/<exp>.md
+	$(PY) scripts/make_tables.py
+
+figures: $(STAMP) ## draw results/figures/*.png from the run records in results/runs
+	$(PY) scripts/make_figures.py
+
+sync: $(STAMP) ## upload the offline W&B mirrors of results/runs (needs WANDB_API_KEY or `wandb login`)
+	$(PY) scripts/wandb_sync.py

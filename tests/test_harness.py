@@ -100,6 +100,7 @@ def test_bad_override_fails_while_composing(override, words):
     ("budget.refine_steps=30", ["budget.refine_steps", "30"]),
     ("optim.name=sgd", ["optim.name", "sgd", "adam"]),
     ("logger.mode=loud", ["logger.mode", "loud", "offline"]),
+    ("+solver.rtoll=1e-3", ["solver.rtoll", "rtol"]),  # `+` appends past the schema: refused at start
 ])
 def test_bad_value_fails_before_any_work(tmp_path, override, words):
     cfg, run_dir = smoke(tmp_path, *override.split())

@@ -61,6 +61,10 @@ def test_cli_bad_override_fails_before_any_work(tmp_path):
     code, out = cli("solver.rtoll=1e-3", f"run_root={tmp_path}", check=False)
     assert code != 0 and "rtoll" in out and "Traceback" not in out
     assert not any(tmp_path.iterdir())
+    # `+key=value` gets past Hydra (it appends); the harness refuses it and removes Hydra's empty run dir
+    code, out = cli("+solver.rtoll=1e-3", f"run_root={tmp_path}", check=False)
+    assert code != 0 and "config error: solver.rtoll" in out and "Traceback" not in out
+    assert not [p for p in tmp_path.rglob("*") if p.is_file()]
 
 
 def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):

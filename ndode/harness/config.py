@@ -167,6 +167,8 @@ def validate(cfg: DictConfig | Any) -> Any:
     dataclass node and calls its ``validate(path)``, so an error names the
     option, its value and what is allowed.
     """
+    if isinstance(cfg, DictConfig):
+        _check_no_extra_keys(cfg, "")
     obj = OmegaConf.to_object(cfg) if isinstance(cfg, DictConfig) else cfg
 
     def walk(node, path):
@@ -181,6 +183,22 @@ def validate(cfg: DictConfig | Any) -> Any:
 
     walk(obj, "")
     return obj
+
+
+def _check_no_extra_keys(node: DictConfig, path: str) -> None:
+    """Keys added with Hydra's ``+key=value`` bypass the schema's closed nodes; refuse them here."""
+    typ = OmegaConf.get_type(node)
+    if dataclasses.is_dataclass(typ):
+        allowed = {f.name for f in dataclasses.fields(typ)}
+        extra = sorted(set(node.keys()) - allowed)
+        if extra:
+            where = path or "the top level"
+            raise ConfigError(f"{', '.join(f'{path}.{k}' if path else k for k in extra)}: not an option of {where} "
+                              f"({typ.__name__}); options: {sorted(allowed)}")
+    for k in node.keys():
+        child = node._get_node(k)
+        if isinstance(child, DictConfig) and not child._is_missing() and not child._is_none():
+            _check_no_extra_keys(child, f"{path}.{k}" if path else str(k))
 
 
 def _method_name(method) -> str:

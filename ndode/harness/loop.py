@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +25,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from .config import NAME_EXCLUDED_KEYS, to_plain, validate
+from .config import NAME_EXCLUDED_KEYS, ConfigError, to_plain, validate
 from .record import RunRecord, RunRecordError, atomic_save, now_iso
 from .wandb_mirror import WandbMirror
 
@@ -32,6 +33,7 @@ __all__ = ["Task", "RunContext", "run_experiment", "seed_everything", "resolve_d
 
 log = logging.getLogger("ndode.harness")
 CHECKPOINT_VERSION = 1
+PROGRESS_SECONDS = 30.0  # a console line at least this often, whatever the budget's progress_every
 
 
 @dataclass
@@ -127,6 +129,16 @@ def _hydra_overrides() -> list[str] | None:
     return None
 
 
+def _remove_unused_hydra_dir(path: Path) -> None:
+    """Remove the directory Hydra made for a job that failed validation, if it holds only Hydra's files."""
+    try:
+        entries = list(path.iterdir())
+        if all(p.name == ".hydra" or (p.is_file() and p.suffix == ".log") for p in entries):
+            shutil.rmtree(path)
+    except OSError:
+        pass
+
+
 def _rng_state() -> dict:
     state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -205,10 +217,17 @@ def run_experiment(cfg, make_task: Callable[[Any, RunContext], Task], run_dir: s
     ``make_task(cfg, ctx)`` builds the task after seeding. ``run_dir``
     defaults to Hydra's output directory for this job.
     """
-    validate(cfg)  # ranges and consistency; names and types were checked when Hydra composed cfg
+    hydra_dir = hydra_run_dir() if run_dir is None else None
+    try:
+        validate(cfg)  # ranges, consistency, `+key` additions; names and types were checked when Hydra composed cfg
+    except ConfigError as e:
+        if hydra_dir is None:
+            raise
+        _remove_unused_hydra_dir(hydra_dir)
+        raise SystemExit(f"config error: {e}") from None  # a message, not a traceback, on the command line
     config = to_plain(cfg)
     if run_dir is None:
-        run_dir = hydra_run_dir()
+        run_dir = hydra_dir
         if run_dir is None:
             raise RunRecordError("no run_dir given and not running under @hydra.main; pass run_dir=...")
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
@@ -236,7 +255,8 @@ def run_experiment(cfg, make_task: Callable[[Any, RunContext], Task], run_dir: s
     ctx = RunContext(run_dir=record.dir, device=device, seed=cfg.seed, rank=rank, world_size=world)
     task = make_task(cfg, ctx)
 
-    start, hstate = 0, {"means": None, "elapsed": 0.0, "last_eval": {}, "last_train": {}, "best": {}}
+    start, hstate = 0, {"means": None, "elapsed": 0.0, "last_eval": {}, "last_eval_step": 0, "last_train": {},
+                        "best": {}}
     ckpt_path = record.checkpoint_path
     if ckpt_path.exists():
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
@@ -278,16 +298,20 @@ def run_experiment(cfg, make_task: Callable[[Any, RunContext], Task], run_dir: s
 
     ctx._sink = emit
 
+    last_line = {"t": time.perf_counter(), "s": start}
+
     def progress(s: int) -> None:
         if rank != 0:
             return
-        done_units = s - start
-        rate = done_units / max(time.perf_counter() - t0, 1e-9)
+        now = time.perf_counter()
+        # ETA from the pace since the last line: units can change cost (e.g. a final refinement phase)
+        rate = (s - last_line["s"]) / max(now - last_line["t"], 1e-9)
+        last_line.update(t=now, s=s)
         eta = (budget.steps - s) / rate if rate > 0 else float("nan")
         train = " ".join(f"{k} {_fmt(v)}" for k, v in hstate["last_train"].items())
         ev = " ".join(f"{k} {_fmt(v)}" for k, v in hstate["last_eval"].items())
         line = (f"{cfg.experiment} {name} | {budget.unit} {s}/{budget.steps} ({100 * s / budget.steps:.0f}%)"
-                f" | {train}" + (f" | eval {ev}" if ev else "")
+                f" | {train}" + (f" | eval@{hstate.get('last_eval_step')} {ev}" if ev else "")
                 + f" | {_fmt_time(elapsed())} elapsed, ETA {_fmt_time(eta) if eta == eta else '?'}")
         log.log(logging.DEBUG if cfg.quiet else logging.INFO, line)
 
@@ -303,7 +327,7 @@ def run_experiment(cfg, make_task: Callable[[Any, RunContext], Task], run_dir: s
                 prev = hstate["best"].get(k)
                 better = prev is None or (metrics[k] < prev if goal == "min" else metrics[k] > prev)
                 hstate["best"][k] = metrics[k] if better else prev
-        hstate["last_eval"] = metrics
+        hstate["last_eval"], hstate["last_eval_step"] = metrics, s
         emit("eval", metrics, s)
 
     def save_checkpoint(s: int) -> None:
@@ -336,7 +360,7 @@ def run_experiment(cfg, make_task: Callable[[Any, RunContext], Task], run_dir: s
                 emit("train", hstate["last_train"], s)
             if (budget.eval_every and s % budget.eval_every == 0) or last:
                 do_eval(s)
-            if s % progress_every == 0 or last:
+            if s % progress_every == 0 or last or time.perf_counter() - last_line["t"] > PROGRESS_SECONDS:
                 progress(s)
             if (budget.checkpoint_every and s % budget.checkpoint_every == 0) or last:
                 save_checkpoint(s)
