@@ -70,6 +70,9 @@ class Task:
     optimizer: torch.optim.Optimizer | None = None
     scheduler: Any = None
     goals: dict[str, str] = {}
+    # evaluate() runs in eval mode and, unless this is False, under torch.no_grad()
+    # (a CNF needs autograd inside its dynamics to evaluate log-densities)
+    eval_no_grad: bool = True
 
     def train_step(self, step: int) -> dict[str, float]:
         """Run training unit ``step`` (0-based); return its metrics (numbers; None is skipped)."""
@@ -277,7 +280,7 @@ def run_experiment(cfg, make_task: Callable[[Any, RunContext], Task], run_dir: s
     record.start_meta(extra={"experiment": cfg.experiment, "run_name": name, "overrides": _hydra_overrides()},
                       resumed_from=start if ckpt_path.exists() else None)
 
-    model_name = getattr(getattr(cfg, "model", None), "name", None) if hasattr(cfg, "model") else None
+    model_name = config["model"].get("name") if isinstance(config.get("model"), dict) else None
     mirror = WandbMirror(
         enabled=bool(cfg.logger.wandb) and rank == 0, mode=cfg.logger.mode, project=cfg.logger.project,
         entity=cfg.logger.entity, run_dir=record.dir, name=name, group=cfg.experiment,
@@ -318,7 +321,7 @@ def run_experiment(cfg, make_task: Callable[[Any, RunContext], Task], run_dir: s
     def do_eval(s: int) -> None:
         task.model.eval()
         try:
-            with torch.no_grad():
+            with torch.set_grad_enabled(not task.eval_no_grad):
                 metrics = {k: (v.item() if isinstance(v, torch.Tensor) else v) for k, v in task.evaluate().items()}
         finally:
             task.model.train()
@@ -372,10 +375,11 @@ def run_experiment(cfg, make_task: Callable[[Any, RunContext], Task], run_dir: s
         if rank == 0:
             (record.dir / "figures").mkdir(exist_ok=True)
             task.make_figures(record.dir)
-        meta = record.read_meta()
-        meta["finished"] = now_iso()
-        meta["attempts"][-1]["finished"] = meta["finished"]
-        record.write_meta(meta)
+        if record.writer:
+            meta = record.read_meta()
+            meta["finished"] = now_iso()
+            meta["attempts"][-1]["finished"] = meta["finished"]
+            record.write_meta(meta)
         mirror.summary(summary)
         exit_code = 0
     finally:
