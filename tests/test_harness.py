@@ -303,3 +303,17 @@ def test_collector_refuses_summary_key_that_shadows_config(tmp_path):
     (d / "done").write_text("")
     with pytest.raises(ValueError, match="seed"):
         load_runs(tmp_path)
+
+
+def test_sync_finds_unsynced_offline_runs(tmp_path):
+    spec = importlib.util.spec_from_file_location("_wandb_sync", REPO / "scripts" / "wandb_sync.py")
+    sync = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sync)
+    a = tmp_path / "ode_demo" / "r1" / "wandb" / "offline-run-1-abc"
+    b = tmp_path / "ode_demo" / "r2" / "wandb" / "offline-run-2-def"
+    for d in (a, b):
+        d.mkdir(parents=True)
+        (d / f"run-{d.name[-3:]}.wandb").write_text("")
+    (b / "run-def.wandb.synced").write_text("")
+    assert sync.pending(tmp_path) == [a]
+    assert sync.main(["--runs", str(tmp_path), "--dry-run"]) == 0
