@@ -119,8 +119,7 @@ def test_joblib_sweep(tmp_path):
 
 def test_submitit_local_sweep(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
-    _, out = cli("-m", "seed=0,1", "budget=smoke", "budget.steps=10", f"run_root={tmp_path}",
+    _, out = cli("-m", "seed=0", "budget=smoke", "budget.steps=10", f"run_root={tmp_path}",
                  "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=5", timeout=300)
-    for s in (0, 1):
-        _assert_complete(tmp_path / "ode_demo" / f"budget=smoke,budget.steps=10,seed={s}")
-    assert (tmp_path / "ode_demo" / ".submitit").is_dir()
+    _assert_complete(tmp_path / "ode_demo" / "budget=smoke,budget.steps=10,seed=0")
+    assert list((tmp_path / "ode_demo" / ".submitit").glob("*/*_result.pkl"))  # the job ran under submitit
