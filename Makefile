@@ -36,7 +36,7 @@ $(BENCH_STAMP): $(STAMP)
 	$(PIP) install -q -e '.[bench]'
 	touch $(BENCH_STAMP)
 
-bench: $(BENCH_STAMP) ## ndode vs torchdiffeq, torchode, SciPy: writes results/bench/ (CSV, PNG, README.md; ~15 min on 2 cores)
+bench: $(BENCH_STAMP) ## ndode vs torchdiffeq, torchode, SciPy: writes results/bench/ (CSV, PNG, README.md; ~10 min on 2 cores)
 	$(PY) -m benchmarks --out results/bench
 
 bench-quick: $(BENCH_STAMP) ## reduced benchmarks (under a minute): one ndode/peer summary line each, writes nothing
@@ -66,3 +66,5 @@ figures: $(STAMP) ## draw results/figures/*.png from the run records in results/
 
 sync: $(STAMP) ## upload the offline W&B mirrors of results/runs (needs WANDB_API_KEY or `wandb login`)
 	$(PY) scripts/wandb_sync.py
+
+reproduce: reproduce-mnist ## every experiment reproduced so far (MNIST; the CNF and latent-ODE targets come with their experiments)
