@@ -279,9 +279,14 @@ class _Integrator:
         if tab.adaptive:
             self.exponent = -1.0 / (tab.error_order + 1)
         self._checked = False
+        self._last_t, self._last_tt = None, None
 
-    def _t(self, t):  # scalar_tensor: a fill, not a host-to-device copy (no sync on CUDA), ~17% faster at batch 1
-        return torch.scalar_tensor(t, dtype=self.dtype, device=self.device)
+    def _t(self, t):
+        # scalar_tensor: a fill, not a host-to-device copy (no sync on CUDA), ~17% faster at batch 1 than
+        # torch.tensor. Stages at equal times (rk4's two midpoints, dopri5's last two) share one tensor.
+        if t != self._last_t:
+            self._last_t, self._last_tt = t, torch.scalar_tensor(t, dtype=self.dtype, device=self.device)
+        return self._last_tt
 
     def f(self, t, y):
         self.stats.nfe += 1
