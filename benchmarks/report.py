@@ -18,30 +18,25 @@ TITLES = {
 # patched scratch copy of ndode); the conditions are stated with each.
 MISS_NOTES: dict[str, str] = {
     "overhead": """\
-**Why the "5x less overhead than torchdiffeq" goal is missed, and what would fix it.**
+**Where the "5x less overhead than torchdiffeq" goal is met and where not.**
 torchdiffeq's ≈19x reference was not reproduced: with this `func` (two `nn.Linear` and a
-`tanh`, 30–50 µs a call here) torchdiffeq costs about 8x on dopri5 at batch 1 and 1.3–3.7x on
-rk4, so "5x less overhead" leaves ndode a budget of 0.1–0.5x `func` per evaluation on rk4.
-A cProfile of ndode's dopri5 loop at batch 1 (50 solves) shows what it spends beyond `func`:
+`tanh`, 30–50 µs a call here) torchdiffeq costs about 7–8x on dopri5 at batch 1 and 1.5–3x on
+rk4, so "5x less overhead" leaves ndode a budget of 0.1–0.4x `func` per evaluation on rk4.
+A cProfile of ndode's dopri5 loop at batch 1 (50 solves) showed what it spends beyond `func`:
 each step issues about 40 small ATen operations (20 `torch.add` for the stage sums, 6 time
 tensors, 6 for the error estimate, 5 for its scale, a division, a norm), 2–5 µs of dispatch
-each on this CPU, plus the Python around them. The largest single item is the time argument:
-`_Integrator._t` (`ndode/solver.py`, line 284) builds it with `torch.tensor(t, dtype=...,
-device=...)`. Replacing that with `torch.scalar_tensor(t, dtype=..., device=...)` (the same
-0-d tensor) cut the solve time by 16–19 % at batch 1 and 8–12 % at batch 512 (A/B in one
-process against a patched copy, 31 interleaved repetitions, identical NFE and outputs:
-dopri5 2.65x → 2.24x and rk4 1.77x → 1.54x the bare `func` per NFE at batch 1). Rerunning
-this benchmark with the patched copy (separately, load ≈3.5) gave dopri5 2.45x vs
-torchdiffeq 8.3x at batch 1 — 5.0x less overhead, the goal — while rk4 (1.60x vs 3.1x) and
-batch 512 (1.65x vs 3.4x; 1.27x vs 1.5x) stayed at 2–4x less. On CUDA the same line is worse
-than slow: `torch.tensor` of a Python float with a CUDA device is a blocking host-to-device
-copy, i.e. one host synchronisation per function evaluation, which the design rules out;
-`torch.scalar_tensor` fills the value on the device (not measured here: no GPU in this run).
-Tried and rejected: stacking the stages in one buffer and forming each stage with a single
-`addmm` — 20–60 % *slower* at batch 1, because the indexing and copies cost more than the adds
-they replace. Getting fixed-step overhead to a fifth of torchdiffeq's needs fewer kernel
-launches per step than eager PyTorch allows (a compiled step: `torch.compile`, or CUDA graphs
-on GPU), not another small change.""",
+each on this CPU, plus the Python around them. The largest single item was the time argument,
+built with `torch.tensor(t, ...)`; the core now uses `torch.scalar_tensor(t, ...)` (a fill, not
+a host-to-device copy: on CUDA the former is a blocking copy, one host synchronisation per
+evaluation) and shares one time tensor between stages at equal times. Measured before the
+change, in one process against a patched copy (31 interleaved repetitions, identical NFE and
+outputs), that cut the solve time by 16–19 % at batch 1 and 8–12 % at batch 512; this run
+includes it. What remains short of 5x is rk4 at batch 1 and dopri5 at batch 512 (the verdicts
+above). Tried and rejected: stacking the stages in one buffer and forming each stage with a
+single `addmm` — 20–60 % *slower* at batch 1, because the indexing and copies cost more than
+the adds they replace. Getting fixed-step overhead to a fifth of torchdiffeq's needs fewer
+kernel launches per step than eager PyTorch allows (a compiled step: `torch.compile`, or CUDA
+graphs on GPU), not another small change.""",
     "work_precision": """\
 **Where ndode needs more evaluations than torchdiffeq, and why.** ndode's step-size control
 reproduces SciPy's `RK45`/`RK23` exactly (identical NFE and error at every tolerance in the
