@@ -237,7 +237,6 @@ class MNISTTask(Task):
         elif self.blocks:  # O(L~) vs O(1): the same trained model at a tolerance 100x tighter (more steps)
             block = self.blocks[0]
             rtol, atol = block.rtol, block.atol
-            nfe0 = block.nfe_forward
             block.set_tolerance(rtol / 100, atol / 100)
             try:
                 grown = self._saved_bytes(self.model)
