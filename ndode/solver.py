@@ -422,7 +422,7 @@ class _Integrator:
                         ys.append(self.interpolate(y, h, ks, (times[i] - t) / h))
                     i += 1
                 k = ks[-1] if tab.fsal else None
-                if on_output is not None and clipped and i - 1 < n_out:
+                if on_output is not None and clipped:
                     jumped = on_output(i - 1, y_new)
                     if jumped is not None:
                         y_new = jumped
