@@ -88,12 +88,10 @@ class MNISTBudget(BudgetConfig):
                 raise ConfigError(f"{path}.{key}={getattr(self, key)!r} must be >= 1")
         if not self.lr > 0:
             raise ConfigError(f"{path}.lr={self.lr!r} must be > 0")
-        for key in ("train_subset", "test_subset"):
-            v = getattr(self, key)
-            if v is not None and v < self.batch_size and key == "train_subset":
-                raise ConfigError(f"{path}.{key}={v!r} must be >= {path}.batch_size={self.batch_size}")
-            if v is not None and v < 1:
-                raise ConfigError(f"{path}.{key}={v!r} must be >= 1 (or null: all)")
+        if self.train_subset is not None and self.train_subset < self.batch_size:
+            raise ConfigError(f"{path}.train_subset={self.train_subset!r} must be >= {path}.batch_size={self.batch_size}")
+        if self.test_subset is not None and self.test_subset < 1:
+            raise ConfigError(f"{path}.test_subset={self.test_subset!r} must be >= 1 (or null: all)")
         if any(not t > 0 for t in self.fig3_tols):
             raise ConfigError(f"{path}.fig3_tols={list(self.fig3_tols)!r} must all be > 0")
 
@@ -231,6 +229,7 @@ class MNISTTask(Task):
 
     def _memory(self) -> dict:
         out = {"saved_bytes": self._saved_bytes(self.model)}
+        nfe0 = self.blocks[0].nfe_forward if self.blocks else None  # of that forward, at the training tolerance
         if self.name == "resnet":  # O(L): twice the blocks
             deeper = build_mnist_model("resnet", **{**_model_kwargs(self.cfg), "n_blocks": 2 * self.cfg.model.n_blocks})
             out.update(growth_what="2x blocks", saved_bytes_grown=self._saved_bytes(deeper.to(self.device)))
@@ -243,8 +242,6 @@ class MNISTTask(Task):
                 nfe1 = block.nfe_forward
             finally:
                 block.set_tolerance(rtol, atol)
-            self._saved_bytes(self.model)  # the NFE at the training tolerance, for the record
-            nfe0 = block.nfe_forward
             out.update(growth_what="tol/100", saved_bytes_grown=grown, memory_nfe=nfe0, memory_nfe_grown=nfe1)
         return out
 
