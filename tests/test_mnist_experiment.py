@@ -13,7 +13,7 @@ pytest.importorskip("hydra")
 from hydra import compose, initialize_config_dir  # noqa: E402
 from hydra.errors import ConfigCompositionException  # noqa: E402
 
-import ndode.data.mnist as M  # noqa: E402
+import ndode.data._provision as M  # noqa: E402
 from ndode.harness import ConfigError, run_experiment  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
