@@ -157,3 +157,17 @@ def test_table1_is_a_pure_function_of_run_records():
     assert list(table1(rk)["model"]) == ["rknet"] and table1(rk)["n_seeds"].iloc[0] == 2
     with pytest.raises(KeyError, match="lack columns"):
         table1(df.drop(columns=["saved_bytes"]))
+
+
+def test_every_solver_option_reaches_the_ode_block():
+    """Regression: only `step_size` used to be forwarded; `solver.max_num_steps` was silently dropped."""
+    from ndode.harness import validate
+    from ndode.models.mnist import build_mnist_model
+    from ndode.models.odeblock import ode_blocks
+
+    cfg = validate(compose_mnist("model=rknet", "solver.max_num_steps=7", "solver.rtol=1e-4"))
+    block = next(ode_blocks(build_mnist_model(cfg.model.name.name, **mnist._model_kwargs(cfg))))
+    assert block.options == {"max_num_steps": 7} and block.rtol == 1e-4 and block.adjoint is False
+    cfg = validate(compose_mnist("model=odenet", "solver=rk4", "solver.step_size=0.25"))
+    block = next(ode_blocks(build_mnist_model(cfg.model.name.name, **mnist._model_kwargs(cfg))))
+    assert block.method == "rk4" and block.options == {"step_size": 0.25} and block.adjoint is True
