@@ -2,6 +2,10 @@
 """Collect run records into tables: results/summary/<experiment>.csv (one row per run) and
 results/tables/<experiment>.md (mean ± std over seeds), for every experiment with a TableSpec.
 
+Unless W&B is disabled (WANDB_MODE=disabled, or runs made with logger=none), each experiment's
+tables and figures (its entry in ndode/report/registry.py) also go to its W&B `summary` run, one
+per (experiment, budget), replaced by the next `make tables` (offline: upload with `make sync`).
+
     python scripts/make_tables.py                      # all experiments under results/runs
     python scripts/make_tables.py --experiment ode_demo --budget cpu
 """
@@ -13,6 +17,7 @@ import sys
 from pathlib import Path
 
 from ndode.harness import atomic_write_text, load_runs
+from ndode.report.dashboard import publish_summaries
 from ndode.report.mnist import table1, table1_markdown
 from ndode.report.tables import TABLES, markdown_table, runs_table, seed_table
 
@@ -57,11 +62,13 @@ def main(argv=None) -> int:
     out = Path(args.out)
     (out / "summary").mkdir(parents=True, exist_ok=True)
     (out / "tables").mkdir(parents=True, exist_ok=True)
+    written = []
     for name in wanted:
         part = df[df["experiment"] == name]
         if part.empty:
             print(f"{name}: no finished runs, skipped", file=sys.stderr)
             continue
+        written.append(name)
         if name in CUSTOM:
             paths = CUSTOM[name](part.dropna(axis=1, how="all"), out)  # other experiments' columns
             print(f"{name}: {len(part)} runs -> " + ", ".join(map(str, paths)))
@@ -71,6 +78,8 @@ def main(argv=None) -> int:
         atomic_write_text(csv_path, runs_table(part, spec).to_csv(index=False))
         atomic_write_text(md_path, markdown_table(seed_table(part, spec.by, spec.metrics), spec))
         print(f"{name}: {len(part)} runs -> {csv_path}, {md_path}")
+    for line in publish_summaries(df, written, out, Path(args.runs)):
+        print(line)
     return 0
 
 

@@ -369,7 +369,7 @@ class Runner:
         log.log(self._level, "analyze: done in %s", _fmt_time(time.perf_counter() - t))
 
     def finish(self) -> dict:
-        """Summary, figures, the meta record's end time and the W&B summary; return the summary."""
+        """Summary, figures, the meta record's end time, the W&B summary and media; return the summary."""
         hstate, record = self.hstate, self.record
         summary = dict(self.task.summary(dict(hstate["last_eval"]), dict(hstate["last_train"])))
         summary.update(self.analysis)
@@ -385,6 +385,7 @@ class Runner:
             meta["attempts"][-1]["finished"] = meta["finished"]
             record.write_meta(meta)
         self.mirror.summary(summary)
+        self.mirror.media(record.dir, self.step)  # figures/*.png as images, arrays/* as tables
         return summary
 
     # ---- helpers of the phases
