@@ -153,7 +153,7 @@ def _runset(wr, ws, s: OutlineSection, source: str, entity: str, project: str):
         filters.append(ws.Tags().isin(list(value)) if field_ == "Tags" else ws.Metric(field_) == value)
     name = f"{s.experiment} {'summary' if source == 'summary' else 'runs'} ({s.budget})"
     pinned = [f"summary:{m}" for m in s.columns] if source == "runs" else []
-    return wr.Runset(entity=entity, project=project, name=name, filters=filters, pinned_columns=pinned)
+    return wr.Runset(entity=entity, project=project, name=name, filters=ws.And(*filters), pinned_columns=pinned)
 
 
 def _panel(wr, v: View):
@@ -204,7 +204,7 @@ def build_workspace(o: Outline, entity: str, project: str):
                 for s in o.sections if not s.note]
     return ws.Workspace(entity=entity, project=project, name=f"ndode paper results (budget {o.budget})",  # no "=": the name validator takes it for an emoji
                         sections=sections,
-                        runset_settings=ws.RunsetSettings(filters=[ws.Tags().isin([f"budget={o.budget}"])]))
+                        runset_settings=ws.RunsetSettings(filters=ws.And(ws.Tags().isin([f"budget={o.budget}"]))))
 
 
 # ---- the summary runs (make tables)
