@@ -63,6 +63,7 @@ def _wandb_records(run_dir: Path):
 
 def _offline_run(wandb_dir: Path) -> dict:
     """An offline run's id, group, job type, tags, summary and history keys, and media files."""
+    wandb.teardown()  # W&B's service writes an offline run after run.finish() returns; this waits for it
     (run_dir,) = sorted(wandb_dir.glob("offline-run-*"))
     info = {"dir": run_dir, "summary": {}, "history_keys": set()}
     for r in _wandb_records(run_dir):
@@ -280,3 +281,25 @@ def test_make_dashboard_without_key_fails_with_the_message_and_no_network(tmp_pa
     dry = subprocess.run(cmd + ["DASHBOARD_ARGS=--dry-run"], cwd=REPO, env=env, capture_output=True, text=True,
                          timeout=60)
     assert dry.returncode == 0 and dry.stdout.startswith("Report: ") and "budget=cpu" in dry.stdout
+
+
+def test_media_logs_what_it_can_read_and_never_fails(tmp_path, caplog):
+    from ndode.harness.wandb_mirror import WandbMirror
+
+    (tmp_path / "arrays").mkdir()
+    (tmp_path / "arrays" / "bad.npz").write_bytes(b"not an npz")
+    (tmp_path / "arrays" / "good.csv").write_text("x,y\n1,2\n")
+
+    class Run:
+        logged = []
+
+        def log(self, data):
+            self.logged.append(data)
+
+    m = WandbMirror(enabled=False, mode=None, project="p", entity=None, run_dir=tmp_path, name="n", group="g",
+                    tags=[], config={})
+    m.run = Run()
+    m.media(tmp_path, step=7)  # no figures/ folder, one unreadable array file
+    assert m.active and "bad.npz not logged as a table" in caplog.text
+    (data,) = Run.logged
+    assert set(data) == {"arrays/good", "step"} and data["step"] == 7

@@ -201,8 +201,11 @@ class WandbMirror:
             data = {f"figures/{p.stem}": wandb.Image(str(p), caption=p.name)
                     for p in sorted((run_dir / "figures").glob("*.png"))}
             for p in sorted((run_dir / "arrays").glob("*")):
-                for key, (cols, rows) in array_tables(p).items():
-                    data[key] = wandb.Table(columns=cols, data=rows)
+                try:
+                    data.update({key: wandb.Table(columns=cols, data=rows)
+                                 for key, (cols, rows) in array_tables(p).items()})
+                except Exception as e:  # noqa: BLE001 - one unreadable array file: the others still go
+                    _warn(f"W&B: {p} not logged as a table: {type(e).__name__}: {e}")
             if data:
                 self.run.log({**data, "step": step})
         except Exception as e:  # noqa: BLE001

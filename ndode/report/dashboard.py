@@ -281,4 +281,13 @@ def publish_summaries(df: pd.DataFrame, experiments, results: str | Path, runs_r
                 d = None
             if d is not None:
                 out.append(f"{name}: W&B summary run {summary_run_id(name, budget)} -> {d}")
+    if any("W&B summary run" in line for line in out):
+        # run.finish() returns before W&B's service has flushed an offline run to disk; teardown waits
+        # for it, so the offline files are complete when make tables returns (or deletes one, above)
+        try:
+            import wandb
+
+            wandb.teardown()
+        except Exception as e:  # noqa: BLE001
+            log.warning("W&B teardown failed: %s: %s", type(e).__name__, e)
     return out
