@@ -128,10 +128,13 @@ class _Adjoint(torch.autograd.Function):
             with torch.enable_grad():
                 y = y.detach().requires_grad_(True)
                 fy = func(tt, y)
-                vjp = torch.autograd.grad(fy, (y,) + params, -a, allow_unused=True)
-            parts = [fy.detach().reshape(-1), vjp[0].reshape(-1)]
-            for v, p in zip(vjp[1:], params):
-                parts.append(torch.zeros(p.numel(), dtype=dtype, device=device) if v is None else v.reshape(-1))
+                inputs = (y,) + params
+                # a func that ignores y (or everything) has no path to it: autograd says None, the adjoint reads 0
+                vjp = (torch.autograd.grad(fy, inputs, -a, allow_unused=True) if fy.requires_grad
+                       else (None,) * len(inputs))
+            parts = [fy.detach().reshape(-1)]
+            for v, x in zip(vjp, inputs):
+                parts.append(torch.zeros(x.numel(), dtype=dtype, device=device) if v is None else v.reshape(-1))
             return torch.cat(parts)
 
         def on_output(j, aug):

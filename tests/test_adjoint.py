@@ -1,5 +1,7 @@
 """The adjoint: exact gradients for states, parameters and times; O(1) memory; clear errors."""
 
+import math
+
 import pytest
 import torch
 
@@ -197,3 +199,24 @@ def test_backward_failure_raises_with_t_dt_and_backward(method, options, msg):
     ys = ndode.odeint_adjoint(Poisoned(), y0, T, method=method, options=options)
     with pytest.raises(ndode.SolverError, match=msg):
         ys.sum().backward()
+
+
+# ------------------------------------------------------------------ edge cases (issue 9)
+
+
+def test_func_that_ignores_y():
+    # f = w: y(T) = y0 + w (T - t0), so dL/dy0 = 1, dL/dw = T - t0, dL/dT = Σw, dL/dt0 = -Σw for L = Σ y(T).
+    # autograd returns None for y (and for every parameter without a path): the adjoint must read that as 0.
+    w = torch.tensor([0.5, -1.5], dtype=D, requires_grad=True)
+    y0 = torch.tensor([[1.0, 2.0]], dtype=D, requires_grad=True)
+    t = torch.tensor([0.0, 0.5, 2.0], dtype=D, requires_grad=True)
+    ys = ndode.odeint_adjoint(lambda t, y: w * torch.ones_like(y), y0, t, adjoint_params=(w,))
+    ys[-1].sum().backward()
+    assert torch.allclose(y0.grad, torch.ones_like(y0))
+    assert torch.allclose(w.grad, torch.full_like(w, 2.0))
+    assert torch.allclose(t.grad, torch.tensor([1.0, 0.0, -1.0], dtype=D))
+    # nothing in func requires grad at all
+    y0.grad = None
+    ys = ndode.odeint_adjoint(lambda t, y: torch.ones_like(y), y0, t.detach(), adjoint_params=())
+    (3 * ys[-1]).sum().backward()
+    assert torch.allclose(y0.grad, torch.full_like(y0, 3.0))
