@@ -211,12 +211,34 @@ class _Packing:
     def wrap(self, func):
         if not self.is_tuple:
             return func
-        unpack, pack = self.unpack, self.pack
+        unpack, pack, check = self.unpack, self.pack, self.check_output
+        checked = False
 
         def packed(t, y):
-            return pack(func(t, unpack(y)))
+            nonlocal checked
+            out = func(t, unpack(y))
+            if not checked:  # before packing: a component of the right size but the wrong shape would scramble y
+                check(out, t)
+                checked = True
+            return pack(out)
 
         return packed
+
+    def check_output(self, out, t):
+        """func's output for a tuple state: a tuple of tensors with y0's shapes and dtype, component by component."""
+        n = len(self.shapes)
+        if not isinstance(out, (tuple, list)) or len(out) != n:
+            got = type(out).__name__ + (f" of length {len(out)}" if isinstance(out, (tuple, list)) else "")
+            raise TypeError(f"func must return a tuple of {n} tensors like y0; at t={float(t)!r} it returned a {got}")
+        for i, (o, shape) in enumerate(zip(out, self.shapes)):
+            if not isinstance(o, torch.Tensor):
+                raise TypeError(f"component {i} of func's output at t={float(t)!r} is a {type(o).__name__}, not a tensor")
+            if o.shape != shape:
+                raise ValueError(f"component {i} of func's output has shape {tuple(o.shape)} at t={float(t)!r}, "
+                                 f"but y0[{i}] has shape {tuple(shape)}")
+            if o.dtype != self.dtype:
+                raise TypeError(f"component {i} of func's output has dtype {o.dtype} at t={float(t)!r}, "
+                                f"but y0[{i}] has dtype {self.dtype}")
 
     def rms_norm(self):
         """Error norm: RMS for a tensor; for tuples, the largest RMS over components (as torchdiffeq)."""

@@ -337,3 +337,20 @@ def test_non_finite_state_names_t_dt_method():
 def test_max_num_steps_names_t_dt_method():
     with pytest.raises(ndode.SolverError, match=r"max_num_steps=5 reached before t=10.0 at t=\S+, dt=\S+ \(method 'tsit5'\)"):
         ndode.odeint(vdp, torch.tensor([2.0, 0.0]), torch.tensor([0.0, 10.0]), method="tsit5", options={"max_num_steps": 5})
+
+
+# ------------------------------------------------------------------ edge cases (issue 9)
+
+
+def test_tuple_component_of_wrong_shape_or_dtype_is_named():
+    z0, l0 = torch.zeros(4, 2, dtype=torch.float64), torch.zeros(4, 1, dtype=torch.float64)
+    t = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    # the same number of entries: packed into one flat tensor it would pass and scramble the state
+    with pytest.raises(ValueError, match=r"component 0 .*shape \(2, 4\).*y0\[0\] has shape \(4, 2\)"):
+        ndode.odeint(lambda t, s: (s[0].T, s[1]), (z0, l0), t)
+    with pytest.raises(TypeError, match=r"component 1 .*dtype torch.float32.*y0\[1\] has dtype torch.float64"):
+        ndode.odeint(lambda t, s: (s[0], s[1].float()), (z0, l0), t)
+    with pytest.raises(TypeError, match=r"func must return a tuple of 2 tensors.*returned a Tensor"):
+        ndode.odeint(lambda t, s: s[0], (z0, l0), t)
+
+
