@@ -34,6 +34,9 @@ METHODS = tuple(TABLEAUS)
 FIXED_OPTIONS = ("step_size",)
 ADAPTIVE_OPTIONS = ("first_step", "max_num_steps", "safety", "min_factor", "max_factor", "step_size")
 DEFAULT_MAX_NUM_STEPS = 1_000_000
+# A step that would end this many ulps (or fewer) short of an output time ends on it. More than the
+# underflow threshold (10 ulps of t), so no sliver below it can remain.
+SNAP_ULPS = 16
 
 
 class SolverError(RuntimeError):
@@ -413,7 +416,9 @@ class _Integrator:
                 self._fail(f"max_num_steps={self.max_num_steps} reached before t={times[-1]!r}", t, direction * dt)
             target = times[i] if on_output is not None else t_end
             t_next = t + direction * dt
-            clipped = direction * (t_next - target) >= 0
+            # a step ending a few ulps short of the target would leave a sliver that no step can take
+            # (an underflow): such a step goes to the target itself, as diffrax's clipping does
+            clipped = direction * (target - t_next) <= SNAP_ULPS * max(math.ulp(target), math.ulp(t_next))
             if clipped:
                 t_next = target
             h = t_next - t

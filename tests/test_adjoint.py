@@ -220,3 +220,19 @@ def test_func_that_ignores_y():
     ys = ndode.odeint_adjoint(lambda t, y: torch.ones_like(y), y0, t.detach(), adjoint_params=())
     (3 * ys[-1]).sum().backward()
     assert torch.allclose(y0.grad, torch.full_like(y0, 3.0))
+
+
+def test_adjoint_step_ending_ulps_short_of_an_output_time():
+    # the backward solve from t=1 takes a first step that ends 1 ulp past 0.7 (a few ulps short of the
+    # output time in the direction of travel); the remaining sliver must not become a step-size underflow
+    w = torch.tensor(-1.0, dtype=D, requires_grad=True)
+    y0 = Y0.clone().requires_grad_()
+    t = torch.tensor([0.0, 0.7, 1.0], dtype=D)
+    h = math.nextafter(math.nextafter(1.0 - 0.7, 0.0), 0.0)
+    assert 0 < (1.0 - h) - 0.7 < 4 * math.ulp(0.7)
+    sol = ndode.solve(lambda t, y: w * y, y0, t, rtol=1e-3, atol=1e-3, adjoint=True, adjoint_params=(w,),
+                      adjoint_options={"first_step": h})
+    sol.ys.sum().backward()
+    assert sol.stats.n_rejected_backward == 0
+    # L = Σ_i y0 e^{w t_i}: dL/dy0 = Σ_i e^{-t_i}
+    assert torch.allclose(y0.grad, torch.exp(-t).sum().expand_as(y0), rtol=1e-3)

@@ -354,3 +354,14 @@ def test_tuple_component_of_wrong_shape_or_dtype_is_named():
         ndode.odeint(lambda t, s: s[0], (z0, l0), t)
 
 
+@pytest.mark.parametrize("t_end", [0.3, 1.0, -0.7])
+def test_step_ending_ulps_short_of_the_end(t_end):
+    # a first step that ends 1-2 ulp short of the last time: the sliver left must be snapped, not stepped
+    h = abs(t_end)
+    for _ in range(2):
+        h = math.nextafter(h, 0.0)
+    t = torch.tensor([0.0, t_end], dtype=torch.float64)
+    y0 = torch.tensor([1.0], dtype=torch.float64)
+    sol = ndode.solve(lambda t, y: -y, y0, t, rtol=1e-3, atol=1e-3, options={"first_step": h})
+    assert sol.stats.n_accepted == 1 and sol.stats.n_rejected == 0  # the sliver costs no step
+    assert torch.allclose(sol.ys[-1], torch.exp(-t[-1:]), rtol=2e-3)
