@@ -20,7 +20,6 @@ extra channel in every backward step.
 
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import torch
@@ -32,6 +31,7 @@ from .solver import (
     _check_options,
     _check_tol,
     _Integrator,
+    _max_rms_norm,
     _plan,
 )
 
@@ -151,15 +151,11 @@ class _Adjoint(torch.autograd.Function):
         grad_y0 = grad_ys[0]
         grad_params = [torch.zeros_like(p) for p in params]
         if n > 1:
-            # "full": every parameter tensor is its own channel (as torchdiffeq's mixed norm);
-            # "seminorm": the parameter adjoints do not enter the error estimate at all
-            parts = (ny, ny) if adj.norm == "seminorm" else (ny, ny, *psizes)
-            inv = [1.0 / math.sqrt(max(s, 1)) for s in parts]
-
-            def norm(r):
-                return torch.stack([torch.linalg.vector_norm(r[o : o + s]) * w
-                                    for o, s, w in zip(_offsets(parts), parts, inv)]).max()
-
+            # the forward's norm for y and for a alike (the largest RMS over the state's components, so a CNF's
+            # log p is not swamped by z); "full" adds every parameter tensor as its own channel (as torchdiffeq's
+            # mixed norm), "seminorm" leaves the parameter adjoints out of the error estimate
+            ysizes = plan.packing.sizes
+            norm = _max_rms_norm((*ysizes, *ysizes) + (tuple(psizes) if adj.norm == "full" else ()))
             integ = _Integrator(aug_dynamics, adj.tab, adj.rtol, adj.atol, adj.options, bstats, norm,
                                 dtype, device, phase="backward pass")
             aug0 = torch.cat([ys[-1].reshape(-1), grad_ys[-1].reshape(-1),
@@ -179,14 +175,6 @@ class _Adjoint(torch.autograd.Function):
         stats.n_accepted_backward = bstats.n_accepted
         stats.n_rejected_backward = bstats.n_rejected
         return (None, None, grad_t, grad_y0, *grad_params)
-
-
-def _offsets(sizes):
-    out, o = [], 0
-    for s in sizes:
-        out.append(o)
-        o += s
-    return out
 
 
 class _AdjointConfig:

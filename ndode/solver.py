@@ -245,14 +245,22 @@ class _Packing:
 
     def rms_norm(self):
         """Error norm: RMS for a tensor; for tuples, the largest RMS over components (as torchdiffeq)."""
-        if not self.is_tuple:
-            inv = 1.0 / math.sqrt(max(self.sizes[0], 1))
-            return lambda r: torch.linalg.vector_norm(r) * inv
-        sizes = self.sizes
-        invs = [1.0 / math.sqrt(max(s, 1)) for s in sizes]
-        return lambda r: torch.stack(
-            [torch.linalg.vector_norm(p) * i for p, i in zip(r.split(sizes), invs)]
-        ).max()
+        return _max_rms_norm(self.sizes)
+
+
+def _max_rms_norm(sizes):
+    """The largest RMS over the consecutive blocks of ``sizes`` entries of a flat tensor (torchdiffeq's mixed
+    norm). Entries past the blocks do not count (the adjoint's seminorm leaves its parameter adjoints out)."""
+    total = sum(sizes)
+    invs = [1.0 / math.sqrt(max(s, 1)) for s in sizes]
+    if len(sizes) == 1:
+        inv = invs[0]
+        return lambda r: torch.linalg.vector_norm(r[:total]) * inv
+
+    def norm(r):
+        return torch.stack([torch.linalg.vector_norm(p) * i for p, i in zip(r[:total].split(sizes), invs)]).max()
+
+    return norm
 
 
 def _check_func_output(f, y, where):

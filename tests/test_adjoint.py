@@ -236,3 +236,30 @@ def test_adjoint_step_ending_ulps_short_of_an_output_time():
     assert sol.stats.n_rejected_backward == 0
     # L = Σ_i y0 e^{w t_i}: dL/dy0 = Σ_i e^{-t_i}
     assert torch.allclose(y0.grad, torch.exp(-t).sum().expand_as(y0), rtol=1e-3)
+class PaddedScalar(torch.nn.Module):
+    """A CNF-like tuple state (z, s): z is large and constant, s one scalar per sample with real dynamics."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.tensor(1.3, dtype=D))
+
+    def forward(self, t, state):
+        z, s = state
+        return torch.zeros_like(z), torch.sin(self.w * s) * torch.cos(3 * t)
+
+
+@pytest.mark.parametrize("norm", ["seminorm", "full"])
+def test_backward_error_norm_is_per_component(norm):
+    # the error norm is the largest RMS over the state's components in both directions, so a constant,
+    # error-free component of 1000 entries must not dilute the error of the small one: the backward solve
+    # of (z, s) takes exactly the steps of the solve of s alone
+    f = PaddedScalar()
+    s0 = torch.tensor([[0.4], [1.1]], dtype=D, requires_grad=True)
+    t = torch.tensor([0.0, 2.0, 4.0], dtype=D)
+    kw = dict(rtol=1e-6, atol=1e-6, adjoint_options={"norm": norm})
+    alone = ndode.solve(lambda t, s: f(t, (s, s))[1], s0, t, adjoint=True, adjoint_params=(f.w,), **kw)
+    alone.ys.sum().backward()
+    padded = ndode.solve(f, (torch.zeros(2, 500, dtype=D), s0), t, adjoint=True, **kw)
+    padded.ys[1].sum().backward()
+    assert padded.stats.nfe == alone.stats.nfe
+    assert padded.stats.nfe_backward == alone.stats.nfe_backward > 0
