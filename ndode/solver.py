@@ -464,7 +464,9 @@ class _Integrator:
                         ys[-1] = y_new
                         k = None
                 new_dt = abs(h) * factor
-                dt = max(new_dt, dt) if clipped else new_dt
+                # a clipped step was shortened by an output time, not by the controller: keep the longer proposal
+                # from before the clip when the controller would grow the step, but follow its advice to shrink
+                dt = max(new_dt, dt) if clipped and factor > 1.0 else new_dt
                 t, y = t_next, y_new
                 if k is None and i < n_out:
                     k = self.f(t, y)

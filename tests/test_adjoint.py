@@ -263,3 +263,17 @@ def test_backward_error_norm_is_per_component(norm):
     padded.ys[1].sum().backward()
     assert padded.stats.nfe == alone.stats.nfe
     assert padded.stats.nfe_backward == alone.stats.nfe_backward > 0
+
+
+def test_controller_advice_to_shrink_survives_a_clipped_step():
+    # The backward solve from t=1.5 starts with first_step=10, clipped to the output time 1.0 (h = 0.5). At this
+    # tolerance that step passes with an error norm in (0.59, 1], so the controller asks for a shorter step.
+    # Keeping the pre-clip proposal instead (10, clipped to the next output: a step twice as long) was rejected.
+    w = torch.tensor(-1.0, dtype=D, requires_grad=True)
+    y0 = torch.ones(1, dtype=D, requires_grad=True)
+    t = torch.tensor([0.0, 1.0, 1.5], dtype=D)
+    sol = ndode.solve(lambda t, y: w * y, y0, t, rtol=2e-5, atol=2e-5, adjoint=True, adjoint_params=(w,),
+                      adjoint_options={"first_step": 10.0})
+    sol.ys[-1].sum().backward()
+    assert sol.stats.n_rejected_backward == 0 and sol.stats.n_accepted_backward == 4
+    assert torch.allclose(y0.grad, torch.exp(torch.tensor(-1.5, dtype=D)), rtol=1e-4)  # y(1.5) = y0 e^{-1.5}
