@@ -1,20 +1,17 @@
 """ndode: an ODE solver and adjoint core for Neural ODEs, and the paper's experiments built on it."""
 
-from .solver import METHODS, Solution, SolverError, SolverStats, odeint, solve
+from .adjoint import BacksolveAdjoint, odeint_adjoint
+from .solver import METHODS, Adjoint, Solution, SolverError, SolverStats, odeint, solve
 from .tableau import TABLEAUS, ButcherTableau, TableauError
 
 __all__ = [
-    "solve", "odeint", "odeint_adjoint", "Solution", "SolverStats", "SolverError",
+    "solve", "odeint", "odeint_adjoint", "BacksolveAdjoint", "Adjoint", "Solution", "SolverStats", "SolverError",
     "METHODS", "TABLEAUS", "ButcherTableau", "TableauError", "load_runs",
 ]
 __version__ = "0.1.0"
 
 
 def __getattr__(name):  # imported lazily to keep `import ndode` light (load_runs needs pandas)
-    if name == "odeint_adjoint":
-        from .adjoint import odeint_adjoint
-
-        return odeint_adjoint
     if name == "load_runs":  # every run record under a root -> one DataFrame (the input of all tables/figures)
         from .harness.collect import load_runs
 
