@@ -402,30 +402,35 @@ class _Integrator:
 
     # ---- adaptive
     def initial_step(self, t0, y0, f0, direction, span):
-        """Hairer, Nørsett & Wanner I, §II.4 (automatic step size selection), computed on the device: one sync."""
+        """Hairer, Nørsett & Wanner I, §II.4 (automatic step size selection) with one read from the device.
+
+        The trial step h0 stays on the device (``f`` is evaluated at ``t0 + h0``
+        without reading it); ``d0``, ``d1``, ``d2`` and ``h0`` come back together,
+        and the rest is host arithmetic. A non-finite ``d0`` or ``d1`` means a
+        non-finite ``y0`` or ``f(t0, y0)``: that read doubles as y0's check.
+        """
         y0, f0 = y0.detach(), f0.detach()
         with torch.no_grad():
             scale = self.atol + y0.abs() * self.rtol
             d0 = self.norm(y0 / scale)
             d1 = self.norm(f0 / scale)
-            h0 = torch.where((d0 < 1e-5) | (d1 < 1e-5), 1e-6, 0.01 * d0 / d1).clamp(max=span)
-            y1 = y0 + f0 * (direction * h0)
+            h0 = torch.where(torch.minimum(d0, d1) < 1e-5, 1e-6, 0.01 * d0 / d1).clamp_(max=span)
+            dh = h0 if direction > 0 else -h0
             self.stats.nfe += 1
-            f1 = self.func(self._t(t0) + direction * h0, y1)
+            f1 = self.func(dh + t0, torch.addcmul(y0, f0, dh))
             if self._cast:
                 f1 = f1.to(self.dtype)
-            d2 = self.norm((f1 - f0) / scale) / h0
-            d2 = torch.where(torch.isfinite(d2), d2, math.inf)
-            dmax = torch.maximum(d1, d2)
-            h1 = torch.where(dmax <= 1e-15, (h0 * 1e-3).clamp(min=1e-6),
-                             (0.01 / dmax) ** (1.0 / (self.tab.error_order + 1)))
-            h = torch.minimum(100 * h0, h1)
-            # d0 and d1 ride along: non-finite means a non-finite y0 or f(t0, y0)
-            h, ok = torch.stack([h, torch.isfinite(d0 + d1).to(h.dtype)]).tolist()
-        if not ok:
+            d2 = self.norm((f1 - f0) / scale)
+            d0, d1, d2, h0 = torch.stack([d0, d1, d2, h0]).tolist()
+        if not (math.isfinite(d0) and math.isfinite(d1)):
             self.check_y0(y0)
             self._fail("func returned non-finite values (nan or inf) at the initial state", t0, 0.0)
-        return min(h, span)
+        d2 = d2 / h0 if math.isfinite(d2) else math.inf
+        if d1 <= 1e-15 and d2 <= 1e-15:
+            h1 = max(1e-6, h0 * 1e-3)
+        else:
+            h1 = (0.01 / max(d1, d2)) ** (1.0 / (self.tab.error_order + 1))
+        return min(100 * h0, h1, span)
 
     def solve_adaptive(self, y0, times, on_output=None):
         """Integrate through ``times``; returns the states at ``times``.

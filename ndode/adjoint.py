@@ -180,7 +180,9 @@ class BacksolveAdjoint(Adjoint):
         # everything that does not depend on the forward solve is checked here, before any work
         self.rtol = None if rtol is None else _check_tol("adjoint_rtol", rtol)
         self.atol = None if atol is None else _check_tol("adjoint_atol", atol)
-        self.method = None if method is None else (_check_method(method, "adjoint_method") and method)
+        if method is not None:
+            _check_method(method, "adjoint_method")
+        self.method = method
         if options is not None and not isinstance(options, dict):
             raise TypeError(f"adjoint_options must be a dict or None, got {type(options).__name__}")
         self.options = None if options is None else dict(options)
