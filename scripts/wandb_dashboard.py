@@ -18,6 +18,7 @@ stops before building anything, so no partial report is left behind.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import socket
 import sys
 from pathlib import Path
@@ -33,6 +34,15 @@ def logger_defaults(path: Path = REPO / "configs" / "logger" / "wandb.yaml") -> 
     """(entity, project) of the logger config the runs are mirrored with."""
     cfg = yaml.safe_load(path.read_text(encoding="utf-8")) if path.exists() else {}
     return (cfg or {}).get("entity"), (cfg or {}).get("project") or "ndode"
+
+
+def _have_api_key() -> bool:
+    """ndode/harness/wandb_auth.py's check, loaded by path: importing the ndode package costs an
+    `import torch` (seconds on a busy machine), and without a key this script must stop at once."""
+    spec = importlib.util.spec_from_file_location("_ndode_wandb_auth", REPO / "ndode" / "harness" / "wandb_auth.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.have_api_key()
 
 
 def _reachable(url: str) -> str | None:
@@ -64,9 +74,7 @@ def main(argv=None) -> int:
     entity, project = logger_defaults()
     entity, project = args.entity or entity, args.project or project
     if not args.dry_run:  # fail fast, before collecting anything
-        from ndode.harness.wandb_mirror import have_api_key
-
-        if not have_api_key():
+        if not _have_api_key():
             print("wandb_dashboard: no W&B API key: set WANDB_API_KEY or run `wandb login` (an account at "
                   "wandb.ai), then `make sync && make dashboard`. Nothing was published. "
                   "`make dashboard DASHBOARD_ARGS=--dry-run` prints the report's outline offline.", file=sys.stderr)

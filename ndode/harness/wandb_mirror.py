@@ -17,12 +17,11 @@ import csv
 import hashlib
 import logging
 import math
-import netrc
 import os
 from pathlib import Path
-from urllib.parse import urlparse
 
 from .config import WANDB_MODES
+from .wandb_auth import have_api_key
 
 __all__ = ["WandbMirror", "resolve_mode", "have_api_key", "array_tables", "MAX_TABLE_ROWS"]
 
@@ -39,17 +38,6 @@ def resolve_mode(configured: str | None) -> str:
               f"{list(WANDB_MODES)}; mirroring offline")
         mode = "offline"
     return mode
-
-
-def have_api_key() -> bool:
-    """Whether an online W&B run could authenticate without asking (env var or ~/.netrc)."""
-    if os.environ.get("WANDB_API_KEY"):
-        return True
-    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname or "api.wandb.ai"
-    try:
-        return netrc.netrc().authenticators(host) is not None
-    except (OSError, netrc.NetrcParseError):
-        return False
 
 
 def _warn(msg: str) -> None:
