@@ -212,7 +212,7 @@ def test_outline_sections_runs_and_keys():
     assert ("Tags", "in", ("budget=cpu",)) in mnist[0].filters("runs")
     assert ("JobType", "==", "summary") in mnist[0].filters("summary")
     (demo,) = [s for s in o.sections if s.experiment == "ode_demo"]  # no ode_demo run at cpu: one section saying so
-    assert demo.views == () and demo.note.startswith("No runs yet at budget=cpu") and "make demo" in demo.note
+    assert demo.views == () and demo.note.startswith("No runs yet at budget=cpu") and "ode_demo.py budget=cpu" in demo.note
     assert outline(REGISTRY, RUNS, "cpu") == o  # a function of its inputs
     text = format_outline(o, "me", "ndode")
     assert "me/ndode" in text and "## Table 1" in text and "No runs yet at budget=cpu" in text

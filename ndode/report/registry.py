@@ -125,7 +125,7 @@ register(Experiment(
     tables=("summary/ode_demo.csv",),
     figures=("figures/ode_demo.png",),
     metrics=("mse_heldout", "nfe_forward", "nfe_eval", "wall_time_s"),
-    reproduce="make demo",
+    reproduce="python experiments/ode_demo.py budget=<budget>",
     sections=(
         Section("Held-out MSE and NFE per run",
                 (View("table", ("tables/ode_demo",), "summary"),),
