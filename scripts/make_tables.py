@@ -32,6 +32,15 @@ def mnist(part, out: Path) -> list[Path]:
 CUSTOM = {"mnist": mnist}  # experiments whose tables are more than mean ± std of a few metrics
 
 
+def _failed_runs(root, budgets) -> dict:
+    """How many failed runs (status ``failed`` in meta.json) each experiment has: tables leave them out and say so."""
+    runs = load_runs(root, finished_only=False)
+    runs = runs[runs["status"] == "failed"]
+    if budgets and not runs.empty:
+        runs = runs[runs["budget.name"].isin(budgets)]
+    return runs["experiment"].value_counts().to_dict() if not runs.empty else {}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", default="results/runs", help="root of the run records (default: %(default)s)")
@@ -43,6 +52,7 @@ def main(argv=None) -> int:
         print(f"no run records under {args.runs}: run an experiment first (e.g. make demo)", file=sys.stderr)
         return 1
     df = load_runs(args.runs)
+    failed = _failed_runs(args.runs, args.budget)
     if df.empty:
         print(f"no finished runs under {args.runs}", file=sys.stderr)
         return 1
@@ -59,18 +69,21 @@ def main(argv=None) -> int:
     (out / "tables").mkdir(parents=True, exist_ok=True)
     for name in wanted:
         part = df[df["experiment"] == name]
+        n_failed = failed.get(name, 0)
+        left_out = f"left out {n_failed} failed run(s) (status 'failed' in their meta.json)" if n_failed else ""
         if part.empty:
-            print(f"{name}: no finished runs, skipped", file=sys.stderr)
+            print(f"{name}: no finished runs, skipped" + (f"; {left_out}" if left_out else ""), file=sys.stderr)
             continue
         if name in CUSTOM:
             paths = CUSTOM[name](part.dropna(axis=1, how="all"), out)  # other experiments' columns
-            print(f"{name}: {len(part)} runs -> " + ", ".join(map(str, paths)))
+            print(f"{name}: {len(part)} runs -> " + ", ".join(map(str, paths)) + (f"; {left_out}" if left_out else ""))
             continue
         spec = TABLES[name]
         csv_path, md_path = out / "summary" / f"{name}.csv", out / "tables" / f"{name}.md"
         atomic_write_text(csv_path, runs_table(part, spec).to_csv(index=False))
-        atomic_write_text(md_path, markdown_table(seed_table(part, spec.by, spec.metrics), spec))
-        print(f"{name}: {len(part)} runs -> {csv_path}, {md_path}")
+        md = markdown_table(seed_table(part, spec.by, spec.metrics), spec)
+        atomic_write_text(md_path, md + (f"\n{left_out[0].upper()}{left_out[1:]}.\n" if left_out else ""))
+        print(f"{name}: {len(part)} runs -> {csv_path}, {md_path}" + (f"; {left_out}" if left_out else ""))
     return 0
 
 
