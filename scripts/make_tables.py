@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from ndode.harness import atomic_write_text, load_runs
+from ndode.harness.config import auto_budget
 from ndode.report.mnist import table1, table1_markdown
 from ndode.report.tables import TABLES, markdown_table, runs_table, seed_table
 
@@ -46,8 +47,10 @@ def main(argv=None) -> int:
     ap.add_argument("--runs", default="results/runs", help="root of the run records (default: %(default)s)")
     ap.add_argument("--out", default="results", help="writes <out>/summary/*.csv and <out>/tables/*.md")
     ap.add_argument("--experiment", action="append", help="only these experiments (repeatable)")
-    ap.add_argument("--budget", action="append", help="only runs at these budgets (repeatable)")
+    ap.add_argument("--budget", action="append", help="only runs at these budgets (repeatable; auto: paper with CUDA, "
+                    "else cpu, as the runs resolve it)")
     args = ap.parse_args(argv)
+    args.budget = [auto_budget() if b == "auto" else b for b in args.budget or []] or None
     if not Path(args.runs).is_dir():
         print(f"no run records under {args.runs}: run an experiment first (e.g. make demo)", file=sys.stderr)
         return 1

@@ -61,18 +61,25 @@ def _meta(run_dir: Path) -> dict:
     return json.loads((run_dir / "meta.json").read_text())
 
 
+class _Demo(ode_demo.ODEDemoTask):
+    """The demo without its figure (matplotlib is the slowest part of a short run, and no fault touches it)."""
+
+    def make_figures(self, run_dir):
+        pass
+
+
 @pytest.fixture(scope="module")
 def clean(tmp_path_factory):
     """The uninterrupted run every fault test is compared with: (summary, metric records)."""
     root = tmp_path_factory.mktemp("clean")
     cfg = compose_demo(*RUN, f"run_root={root}", "quiet=true")
-    summary = run_experiment(cfg, ode_demo.ODEDemoTask, run_dir=root / "run")
+    summary = run_experiment(cfg, _Demo, run_dir=root / "run")
     return _strip(summary), _metrics(root / "run")
 
 
 def _run(tmp_path, task=None, *extra):
     cfg, run_dir = smoke(tmp_path, *RUN[1:], *extra)
-    return run_experiment(cfg, task or ode_demo.ODEDemoTask, run_dir=run_dir), run_dir
+    return run_experiment(cfg, task or _Demo, run_dir=run_dir), run_dir
 
 
 def _run_dir(tmp_path, *extra) -> Path:
@@ -226,7 +233,7 @@ def test_refused_task_leaves_no_directory(tmp_path):
 
 
 def test_task_error_after_start_is_recorded_not_removed(tmp_path):
-    class Broken(ode_demo.ODEDemoTask):
+    class Broken(_Demo):
         def train_step(self, step):
             if step == 12:
                 raise ValueError("a bug in the task")
@@ -331,13 +338,13 @@ def test_sigterm_checkpoints_and_rerun_matches_uninterrupted(tmp_path, clean):
     assert not (run_dir / "done").exists()
 
     cfg = compose_demo(*over)
-    resumed = run_experiment(cfg, ode_demo.ODEDemoTask, run_dir=run_dir)
+    resumed = run_experiment(cfg, _Demo, run_dir=run_dir)
     assert _meta(run_dir)["attempts"][-1]["resumed_from_step"] == stopped["step"]
     assert _strip(resumed) == clean[0] and _metrics(run_dir) == clean[1]
     assert _meta(run_dir)["status"] == "done"
 
 
-class _Signalled(ode_demo.ODEDemoTask):
+class _Signalled(_Demo):
     """Sends itself a signal during unit ``AT`` (as SLURM or Ctrl-C would)."""
 
     AT, SIG = 14, signal.SIGTERM
@@ -404,7 +411,7 @@ def test_no_readable_checkpoint_says_how_to_start_over(tmp_path):
 # ------------------------------------------------------------------ non-finite values
 
 
-class _NaNLoss(ode_demo.ODEDemoTask):
+class _NaNLoss(_Demo):
     """The model blows up in unit 23: NaN parameters and a NaN loss."""
 
     AT = 23
@@ -446,7 +453,7 @@ def test_nonfinite_skips_undoes_the_unit(tmp_path):
 
 
 def test_nonfinite_goal_metric_stops_the_run(tmp_path):
-    class NaNEval(ode_demo.ODEDemoTask):
+    class NaNEval(_Demo):
         def evaluate(self):
             return {**super().evaluate(), "mse_heldout": float("inf")}
 

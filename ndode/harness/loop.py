@@ -407,13 +407,13 @@ class Runner:
         loaded = self.load_checkpoint()
         if loaded is not None:
             dropped = record.truncate_metrics(self.start)
-            log.info("resume: %s from %s at %s %d/%d (dropped %d later metric records)",
-                     record.dir, loaded.name, budget.unit, self.start, budget.steps, dropped)
+            log.info("resume: %s from %s at %s %d/%d (dropped %d later metric records) | %s, device %s",
+                     record.dir, loaded.name, budget.unit, self.start, budget.steps, dropped, self.budget_text(),
+                     self.device_text())
         else:
             record.truncate_metrics(0)  # records of an attempt killed before its first checkpoint
-            log.info("start: %s (%s %d %ss)", record.dir, self.budget_text(), budget.steps, budget.unit)
-        if loaded is not None:
-            log.info("budget %s, device %s", self.budget_text(), self.device_text())
+            log.info("start: %s | %s, %d %ss, device %s", record.dir, self.budget_text(), budget.steps, budget.unit,
+                     self.device_text())
         record.start_meta(extra={"experiment": cfg.experiment, "run_name": self.name, "overrides": _hydra_overrides(),
                                  "budget": {"requested": self.budget_requested, "resolved": budget.name},
                                  "device": {"requested": cfg.device, "resolved": str(self.device)}},
