@@ -374,6 +374,32 @@ def test_signal_in_process_finishes_the_unit_and_resumes_exactly(tmp_path, clean
     assert _strip(summary) == clean[0] and _metrics(run_dir) == clean[1]
 
 
+class _SlurmWarning(_Signalled):
+    SIG = signal.SIGUSR2
+
+
+def test_sigusr2_checkpoints_then_hands_over_to_the_launchers_handler(tmp_path, clean):
+    """SLURM's --signal=USR2 ahead of a time limit or preemption: checkpoint first, then submitit's requeue."""
+    calls = []
+
+    def requeue(signum, frame):  # what submitit installs: requeue the job, then exit
+        calls.append((signum, torch.load(_run_dir(tmp_path) / "checkpoint.pt", weights_only=False)["step"]))
+        raise SystemExit(-1)
+
+    before = signal.signal(signal.SIGUSR2, requeue)
+    try:
+        with pytest.raises(SystemExit):
+            _run(tmp_path, _SlurmWarning)
+        assert signal.getsignal(signal.SIGUSR2) is requeue
+    finally:
+        signal.signal(signal.SIGUSR2, before)
+    assert calls == [(signal.SIGUSR2, 15)]  # called once, after the checkpoint of the unit it interrupted
+    meta = _meta(_run_dir(tmp_path))
+    assert meta["status"] == "interrupted" and meta["attempts"][-1]["interrupted"]["signal"] == "SIGUSR2"
+    summary, _ = _run(tmp_path)  # the requeued job: the same command
+    assert _strip(summary) == clean[0]
+
+
 # ------------------------------------------------------------------ corrupt checkpoints
 
 
@@ -560,3 +586,19 @@ def test_atomic_write_text_names_the_file_on_any_os_error(tmp_path, monkeypatch)
 def test_validate_accepts_dataclass_configs():
     cfg = validate(compose_demo("budget=smoke"))
     assert cfg.model.hidden == 50 and validate(cfg) is cfg
+
+
+def test_slurm_launcher_requeues_on_preemption_and_time_out():
+    """The SLURM job script asks for the warning signal the harness checkpoints on, and for requeueing."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    from submitit.slurm.slurm import _make_sbatch_string
+
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        launcher = compose("ode_demo", overrides=["hydra/launcher=slurm"], return_hydra_config=True).hydra.launcher
+    assert launcher.max_num_timeout >= 1
+    script = _make_sbatch_string(command="python x.py", folder="logs", signal_delay_s=launcher.signal_delay_s,
+                                 additional_parameters=dict(launcher.additional_parameters))
+    assert "#SBATCH --requeue" in script and f"#SBATCH --signal=USR2@{launcher.signal_delay_s}" in script
+    from ndode.harness.loop import STOP_SIGNALS
+
+    assert signal.SIGUSR2 in STOP_SIGNALS and signal.SIGTERM in STOP_SIGNALS

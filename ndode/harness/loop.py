@@ -40,6 +40,8 @@ __all__ = ["Task", "RunContext", "Runner", "run_experiment", "seed_everything", 
 log = logging.getLogger("ndode.harness")
 CHECKPOINT_VERSION = 1
 PROGRESS_SECONDS = 30.0  # a console line at least this often, whatever the budget's progress_every
+# checkpoint and stop on these (SIGUSR2: SLURM's warning before a time limit or preemption, as submitit asks for it)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2)
 
 
 @dataclass
@@ -289,6 +291,8 @@ class Runner:
         self.fresh = False  # the run directory held no earlier attempt when this process claimed it
         self.created: list[Path] = []  # directories this process made for the run
         self.stop_signal: int | None = None
+        self.old_handlers: dict = {}
+        self.interrupted = False
         self.checkpoint_step: int | None = None  # the unit of the last checkpoint written or loaded
         self.attempt: dict = {}  # details of this attempt for meta.json (checkpoint fallback)
 
@@ -343,10 +347,9 @@ class Runner:
             self.analyze()
             summary = self.finish()
             exit_code = 0
-        except RunInterrupted:
-            raise  # recorded as an interruption by interrupt()
         except BaseException as e:
-            self.fail(e)
+            if not self.interrupted:  # interrupt() recorded its own
+                self.fail(e)
             raise
         finally:
             self.mirror.finish(exit_code)
@@ -577,22 +580,32 @@ class Runner:
                 "units with nonfinite_skips=N")
 
     def fail(self, e: BaseException) -> None:
-        """Record a failed attempt in meta.json (best effort: the failure may be a full disk)."""
+        """Record a failed (or, for an exit or a second Ctrl-C, interrupted) attempt in meta.json.
+
+        Best effort: the failure may be a full disk.
+        """
         if self.record is None or not self.record.writer:
             return
         reason = str(e) if isinstance(e, RunError) else _first_line(e)
+        status = "interrupted" if isinstance(e, (KeyboardInterrupt, SystemExit)) else "failed"
         try:
-            self.record.set_status("failed", reason=reason, failed_at_step=self.step, ended=now_iso())
+            self.record.set_status(status, reason=reason, failed_at_step=self.step, ended=now_iso())
         except Exception as write_error:  # noqa: BLE001 - the original error is what the user must see
             log.debug("could not record the failure in meta.json: %s", write_error)
 
     def catch_signals(self) -> dict:
-        """SIGTERM/SIGINT set :attr:`stop_signal` (the loop then checkpoints and stops); a second Ctrl-C stops at once."""
-        old = {}
+        """SIGTERM, SIGINT and SIGUSR2 set :attr:`stop_signal`: the loop then checkpoints and stops.
+
+        SIGUSR2 is what SLURM sends ahead of a time limit or preemption with
+        ``--signal=USR2@<s>`` (submitit's default): the handler that was there
+        before (submitit's requeue) is called after the checkpoint. A second
+        Ctrl-C stops at once.
+        """
+        self.old_handlers = {}
         if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                old[sig] = signal.signal(sig, self.on_signal)
-        return old
+            for sig in STOP_SIGNALS:
+                self.old_handlers[sig] = signal.signal(sig, self.on_signal)
+        return self.old_handlers
 
     def restore_signals(self, old: dict) -> None:
         for sig, handler in old.items():
@@ -606,12 +619,23 @@ class Runner:
                     signal.Signals(signum).name, self.budget.unit, self.step)
 
     def interrupt(self) -> None:
-        """Checkpoint (unless this unit just did), record the interruption, stop with :class:`RunInterrupted`."""
+        """Checkpoint (unless this unit just did), record the interruption, stop with :class:`RunInterrupted`.
+
+        A handler installed before the run for this signal (other than Python's
+        Ctrl-C handler) runs next: a launcher's requeue (submitit) happens after
+        the checkpoint.
+        """
         b, name = self.budget, signal.Signals(self.stop_signal).name
         if self.checkpoint_step != self.step:
             self.checkpoint()
+        self.interrupted = True
         self.record.set_status("interrupted", reason=f"{name} at {b.unit} {self.step}/{b.steps}",
                                interrupted={"signal": name, "step": self.step, "at": now_iso()})
+        previous = self.old_handlers.get(self.stop_signal)
+        if callable(previous) and previous is not signal.default_int_handler:
+            log.info("%s: handing over to the handler installed before the run (%s)", name,
+                     getattr(previous, "__qualname__", previous))
+            previous(self.stop_signal, None)
         raise RunInterrupted(f"{name} at {b.unit} {self.step}/{b.steps} of {self.record.dir}: checkpoint written; "
                              "run the same command again to resume", self.stop_signal)
 
