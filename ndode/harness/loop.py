@@ -9,6 +9,13 @@ resume, console progress, the summary and the ``done`` marker.
 A training *unit* is one call of ``Task.train_step``: an iteration for the
 CNF, latent-ODE and demo experiments, an epoch for MNIST. The budget says how
 many units a run has and how often to log, evaluate, checkpoint and print.
+
+Faults it handles (docs/harness.md, "When things go wrong"): one process per
+run directory (a ``flock``), the previous checkpoint kept and used when the
+newest cannot be read, SIGTERM/SIGINT/SIGUSR2 finish the unit, checkpoint and
+stop, non-finite metrics stop the run (or skip the unit, ``nonfinite_skips``),
+failures and interruptions are recorded in ``meta.json``, and a run refused
+before its first record leaves no directory.
 """
 
 from __future__ import annotations
@@ -570,9 +577,11 @@ class Runner:
 
     def nonfinite_message(self, what: str, bad: dict, metrics: dict) -> str:
         b = self.budget
-        ckpt = (f"its last good checkpoint ({b.unit} {self.checkpoint_step}) is kept in {self.record.dir}; rerunning "
-                "the command resumes from it" if self.checkpoint_step is not None else
-                "no checkpoint was written before it")
+        if self.checkpoint_step is not None:
+            ckpt = (f"its last good checkpoint ({b.unit} {self.checkpoint_step}) is kept in {self.record.dir}; "
+                    "rerunning the command resumes from it (where the same values may come back)")
+        else:
+            ckpt = "no checkpoint was written before it"
         return (f"non-finite {what} {b.unit} {self.step}/{b.steps}: "
                 f"{', '.join(f'{k}={v}' for k, v in bad.items())} (last NFE: "
                 f"{_nfe_text(metrics, self.hstate['last_train'])}). The run stopped with status 'failed'; {ckpt}. "
