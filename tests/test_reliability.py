@@ -471,8 +471,14 @@ def test_nan_loss_stops_the_run_and_keeps_the_checkpoint(tmp_path):
 
 
 def test_nonfinite_skips_undoes_the_unit(tmp_path):
+    """The failed run, rerun with nonfinite_skips=2: it resumes from its last good checkpoint and skips the unit."""
+    with pytest.raises(NonFiniteError):
+        _run(tmp_path, _NaNLoss)
     summary, run_dir = _run(tmp_path, _NaNLoss, "nonfinite_skips=2")
+    assert run_dir == _run_dir(tmp_path)  # the same run: nonfinite_skips is not part of the name
+    assert _meta(run_dir)["attempts"][-1]["resumed_from_step"] == 20
     assert summary["skipped_steps"] == 1 and math.isfinite(summary["mse_heldout"])
+    assert all(torch.isfinite(p).all() for p in torch.load(run_dir / "checkpoint.pt", weights_only=False)["model"].values())
     skips = [r for r in read_jsonl(run_dir / "metrics.jsonl") if r["kind"] == "skip"]
     assert [(r["step"], r["nonfinite"]) for r in skips] == [(24, "loss")]
     assert _meta(run_dir)["status"] == "done"

@@ -123,8 +123,8 @@ WANDB_MODES = ("online", "offline", "disabled")
 BUDGET_UNITS = ("iter", "epoch")
 # Keys that do not change what a run computes: left out of run names and of
 # the config comparison made when a run directory is reused.
-NAME_EXCLUDED_KEYS = ("seed", "budget", "run_root", "device", "quiet", "threads", "logger", "logger.wandb",
-                      "logger.mode", "logger.project", "logger.entity")
+NAME_EXCLUDED_KEYS = ("seed", "budget", "run_root", "device", "quiet", "threads", "nonfinite_skips", "logger",
+                      "logger.wandb", "logger.mode", "logger.project", "logger.entity")
 
 
 @dataclass
@@ -203,7 +203,8 @@ class ExperimentConfig:
     threads: Optional[int] = ranged(None, ge=1)  # torch intra-op threads; None: torch's default. Small models: 1 is fastest
     quiet: bool = False  # no console progress lines (tests)
     # training units whose metrics are not finite that may be skipped (model and optimizer restored to before
-    # the unit) before the run stops; 0: stop at the first
+    # the unit) before the run stops; 0: stop at the first. Not part of the run name: rerunning a failed run
+    # with nonfinite_skips=N resumes it from its last good checkpoint
     nonfinite_skips: int = ranged(0, ge=0)
     solver: SolverConfig = field(default_factory=SolverConfig)
     budget: BudgetConfig = field(default_factory=BudgetConfig)
