@@ -174,3 +174,20 @@ def test_make_help_shows_real_values():
     p = subprocess.run(["make", "-s", "help", "BUDGET=cpu", "VENV=/opt/env"], cwd=REPO, capture_output=True, text=True,
                        timeout=60)
     assert "BUDGET=cpu" in p.stdout and "create /opt/env and install" in p.stdout
+
+
+def test_every_experiment_config_defaults_to_auto():
+    """Each primary config picks `budget: auto` and its numbers through the resolver, so BUDGET=auto works for all.
+
+    A new experiment's defaults: `- budget: auto` and `- budget/<experiment>@budget: ${ndode_budget:${budget}}`.
+    """
+    import yaml
+
+    for path in sorted(CONFIGS.glob("*.yaml")):
+        defaults = (yaml.safe_load(path.read_text()) or {}).get("defaults") or []
+        entries = {k: v for d in defaults if isinstance(d, dict) for k, v in d.items()}
+        own = [k for k in entries if k.startswith("budget/") and k.endswith("@budget")]
+        if not own:
+            continue  # not an experiment's primary config
+        assert entries.get("budget") == "auto", f"{path.name}: `- budget: auto` in defaults"
+        assert entries[own[0]] == "${ndode_budget:${budget}}", f"{path.name}: {own[0]}: ${{ndode_budget:${{budget}}}}"
