@@ -73,9 +73,9 @@ class Range:
         values = list(value) if isinstance(value, (list, tuple)) else [value]
         bad = [v for v in values if v is not None and not self.contains(v)]
         if bad:
-            what = "every element must be" if isinstance(value, (list, tuple)) else "must be"
+            what = ": every element must be" if isinstance(value, (list, tuple)) else " must be"
             finite = " and finite" if any(isinstance(v, float) and not math.isfinite(v) for v in bad) else ""
-            raise ConfigError(f"{path}={_show(value)} is out of range: {what} {self}{finite}")
+            raise ConfigError(f"{path}={_show(value)}{what} {self}{finite}")
 
 
 def _show(v) -> str:
