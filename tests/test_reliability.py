@@ -270,8 +270,25 @@ def test_second_process_is_refused_naming_the_holder(tmp_path):
         assert [p.name for p in run_dir.iterdir()] == [".lock"]  # the refused one touched nothing
     finally:
         holder.unlock()
-    summary, _ = _run(tmp_path)  # released: the run goes ahead
-    assert summary["steps"] == 40
+    again = RunRecord(run_dir)
+    again.lock()  # released: the next process gets it
+    assert f"pid {os.getpid()}" in (run_dir / ".lock").read_text()
+    again.unlock()
+
+
+def test_lock_of_a_dead_process_never_blocks(tmp_path):
+    pid = os.fork()
+    if pid == 0:  # the child takes the lock and dies without releasing it
+        try:
+            RunRecord(tmp_path).lock()
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+    assert f"pid {pid} " in (tmp_path / ".lock").read_text()
+    record = RunRecord(tmp_path)
+    record.lock()  # the OS released it with the process
+    assert f"pid {os.getpid()} " in (tmp_path / ".lock").read_text()
+    record.unlock()
 
 
 def _env():
