@@ -191,3 +191,13 @@ def test_every_experiment_config_defaults_to_auto():
             continue  # not an experiment's primary config
         assert entries.get("budget") == "auto", f"{path.name}: `- budget: auto` in defaults"
         assert entries[own[0]] == "${ndode_budget:${budget}}", f"{path.name}: {own[0]}: ${{ndode_budget:${{budget}}}}"
+
+
+def test_plan_ignores_paces_measured_on_another_device(tmp_path):
+    _no_cuda()
+    measured = tmp_path / "ode_demo" / "budget=cpu,budget.refine_steps=1,budget.steps=5,seed=0"
+    measured.mkdir(parents=True)
+    (measured / "metrics.jsonl").write_text('{"step": 5, "kind": "train", "time_s": 50.0}\n')
+    (measured / "config.yaml").write_text("device: cuda:0\n")
+    text = _plan("ode_demo", [*SHORT, "seed=1", f"run_root={tmp_path}"], jobs=1)
+    assert "measured" not in text and "estimate: unknown" in text

@@ -12,6 +12,8 @@ first source that has it, and the line says which:
    (``results/summary/<experiment>.csv``: ``wall_time_s`` over the steps of
    the same overrides at the same budget, or at another budget scaled by its
    number of steps);
+
+   a measured pace counts only on the same kind of device (CPU or CUDA) as the planned run;
 3. none: the run is new and nothing comparable was measured.
 
 Above :data:`LONG_S` on a CPU it says so plainly and names the cheaper
@@ -64,6 +66,22 @@ def _record_pace(run_dir: Path) -> tuple[float, int] | None:
     return float(last["time_s"]) / int(last["step"]), int(last["step"])
 
 
+def _same_device(recorded: str | None, planned: str) -> bool:
+    """A pace measured on a CPU says nothing about a GPU: compare device types (unknown or ``auto``: assume so)."""
+    if not recorded or recorded == "auto":
+        return True
+    return recorded.split(":")[0] == planned.split(":")[0]
+
+
+def _record_device(run_dir: Path) -> str | None:
+    try:
+        import yaml
+
+        return (yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")) or {}).get("device")
+    except (OSError, ValueError):
+        return None
+
+
 def _summary_rows(summary_csv: Path) -> list[dict]:
     if not summary_csv.is_file():
         return []
@@ -112,11 +130,13 @@ def _estimate(run: PlannedRun, rows: list[dict], table: Path, job: list[str], co
     siblings = run.run_dir.parent
     if siblings.is_dir():
         for other in sorted(siblings.iterdir()):
-            if other != run.run_dir and _key(other.name) == _key(run.name):
+            if (other != run.run_dir and _key(other.name) == _key(run.name)
+                    and _same_device(_record_device(other), run.device)):
                 pace = _record_pace(other)
                 if pace:
                     run.seconds, run.source = pace[0] * run.steps, f"measured: {other}"
                     return
+    rows = [r for r in rows if _same_device(r.get("device"), run.device)]
     same = [r for r in rows if _key(Path(r.get("run") or r.get("run_name", "")).name) == _key(run.name)]
     like = same or [r for r in rows if _key(Path(r.get("run") or r.get("run_name", "")).name, budget=False)
                     == _key(run.name, budget=False)]
