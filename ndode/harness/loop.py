@@ -84,7 +84,7 @@ class Task:
     eval_no_grad: bool = True
 
     def train_step(self, step: int) -> dict[str, float]:
-        """Run training unit ``step`` (0-based); return its metrics (numbers; None is skipped)."""
+        """Run training unit ``step`` (0-based); return its metrics (numbers; None is skipped; NaN or inf stops the run)."""
         raise NotImplementedError
 
     def evaluate(self) -> dict[str, float]:
