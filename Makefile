@@ -4,7 +4,8 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
-BUDGET ?= paper
+# auto: paper where CUDA is available, cpu otherwise (each run resolves it, prints it and records it)
+BUDGET ?= auto
 SEEDS ?= 0
 STAMP := $(VENV)/.install-stamp
 BENCH_STAMP := $(VENV)/.bench-stamp
@@ -16,8 +17,9 @@ TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 .PHONY: help install test demo reproduce-mnist reproduce tables figures bench bench-quick sync dashboard
 
 help: ## list the targets
-	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-22s %s\n", $$1, $$2}'
-	@echo "  variables: BUDGET=smoke|cpu|paper (default $(BUDGET)), SEEDS=0,1,2 (default $(SEEDS)), VENV=$(VENV)"
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sed 's|$$(VENV)|$(VENV)|g; s|$$(JOBS)|$(JOBS)|g' \
+		| awk 'BEGIN {FS = ":.*## "}; {printf "  make %-22s %s\n", $$1, $$2}'
+	@echo "  variables (now): BUDGET=$(BUDGET) (auto|smoke|cpu|paper; auto: paper with CUDA, else cpu), SEEDS=$(SEEDS), JOBS=$(JOBS), VENV=$(VENV), PYTHON=$(PYTHON)"
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
