@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from ndode.data.mnist import mnist_datasets
+from ndode.harness import ddp
 from ndode.harness import (BudgetConfig, ConfigError, ExperimentConfig, RunContext, Task, atomic_write_text, ranged,
                            register_schema, run_experiment, solver_kwargs)
 from ndode.memory import saved_tensor_bytes
@@ -114,8 +115,9 @@ class _StepBatches:
     def __init__(self, task: "MNISTTask", first: int):
         self.task, self.first = task, first
 
-    def __iter__(self):
-        return (self.task._batch_indices(s).tolist() for s in range(self.first, self.task.cfg.budget.steps))
+    def __iter__(self):  # under torchrun: this rank's share of each global batch
+        task = self.task
+        return (ddp.shard(task._batch_indices(s), task.dist).tolist() for s in range(self.first, task.cfg.budget.steps))
 
     def __len__(self) -> int:
         return self.task.cfg.budget.steps - self.first
@@ -123,9 +125,10 @@ class _StepBatches:
 
 class MNISTTask(Task):
     goals = {"test_error": "min"}
+    supports_ddp = True  # torchrun --nproc_per_node=N experiments/mnist.py ...: budget.batch_size is the global batch
 
     def __init__(self, cfg, ctx: RunContext):
-        self.cfg, self.device = cfg, ctx.device
+        self.cfg, self.device, self.dist = cfg, ctx.device, ctx.dist
         b = cfg.budget
         train, test = mnist_datasets(cfg.data.root, augment=cfg.data.augment, prepare=cfg.data.prepare)
         if b.train_subset:
@@ -194,7 +197,7 @@ class MNISTTask(Task):
             self.batches = iter(self._loader(self.train, batch_sampler=_StepBatches(self, step)))
         x, y = self._to_device(next(self.batches))
         t0 = time.perf_counter()
-        logits = self.model(x)
+        logits = self.train_model(x)
         loss = self.loss(logits, y)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -206,9 +209,11 @@ class MNISTTask(Task):
                 "epoch": (step + 1) / self.iters_per_epoch, **self._nfe()}
 
     def evaluate(self) -> dict:
-        bs = self.cfg.budget.eval_batch_size
+        """Test error, loss and NFE over the test set (under torchrun: each rank a strided share, summed)."""
+        bs, d = self.cfg.budget.eval_batch_size, self.dist
+        test = self.test if not d.active else torch.utils.data.Subset(self.test, range(d.rank, len(self.test), d.world))
         wrong, total, loss, nfe, times = 0, 0, 0.0, [], []
-        for batch in self._loader(self.test, batch_size=bs):
+        for batch in self._loader(test, batch_size=bs):
             x, y = self._to_device(batch)
             t0 = time.perf_counter()
             logits = self.model(x)
@@ -218,10 +223,11 @@ class MNISTTask(Task):
             total += len(y)
             if self.blocks:
                 nfe.append(self._nfe()["nfe_forward"])
+        wrong, loss, total, nfe_sum, nfe_n = ddp.all_sum(d, [wrong, loss, total, sum(nfe), len(nfe)], self.device)
         out = {"test_error": wrong / total, "test_loss": loss / total,
-               "test_time_per_128_s": sorted(times)[len(times) // 2]}
-        if nfe:
-            out["test_nfe_forward"] = sum(nfe) / len(nfe)
+               "test_time_per_128_s": sorted(times)[len(times) // 2] if times else None}  # this rank's
+        if nfe_n:
+            out["test_nfe_forward"] = nfe_sum / nfe_n
         return out
 
     # ---- Table 1's memory column: bytes autograd saves for one training batch, and their growth

@@ -261,6 +261,11 @@ class _Packing:
         return _max_rms_norm(self.sizes)
 
 
+# None, or a function that combines a tensor of per-component RMS norms across data-parallel processes (set only
+# around a training step by ndode.harness.ddp.synced_error_norms: every rank then takes the same steps)
+NORM_REDUCE = None
+
+
 def _max_rms_norm(sizes):
     """The largest RMS over the consecutive blocks of ``sizes`` entries of a flat tensor (torchdiffeq's mixed
     norm). Entries past the blocks do not count (the adjoint's seminorm leaves its parameter adjoints out)."""
@@ -268,10 +273,16 @@ def _max_rms_norm(sizes):
     invs = [1.0 / math.sqrt(max(s, 1)) for s in sizes]
     if len(sizes) == 1:
         inv = invs[0]
-        return lambda r: torch.linalg.vector_norm(r[:total]) * inv
+
+        def rms(r):
+            n = torch.linalg.vector_norm(r[:total]) * inv
+            return n if NORM_REDUCE is None else NORM_REDUCE(n)
+
+        return rms
 
     def norm(r):
-        return torch.stack([torch.linalg.vector_norm(p) * i for p, i in zip(r[:total].split(sizes), invs)]).max()
+        n = torch.stack([torch.linalg.vector_norm(p) * i for p, i in zip(r[:total].split(sizes), invs)])
+        return (n if NORM_REDUCE is None else NORM_REDUCE(n)).max()
 
     return norm
 

@@ -30,13 +30,14 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import torch
 
+from . import ddp
 from .config import NAME_EXCLUDED_KEYS, ConfigError, requested_budget, to_plain, validate
 from .record import RunError, RunLockedError, RunRecord, RunRecordError, flatten, now_iso
 from .wandb_mirror import WandbMirror
@@ -60,6 +61,7 @@ class RunContext:
     seed: int
     rank: int = 0
     world_size: int = 1
+    dist: ddp.DistEnv = field(default_factory=ddp.DistEnv)  # data-parallel runs: shard data, sum metrics
 
     @property
     def is_main(self) -> bool:
@@ -73,7 +75,15 @@ class Task:
     ``self.scheduler`` (optional) is stepped by the harness once per unit.
     ``goals`` maps evaluation metrics to ``"min"`` or ``"max"``: their best
     value so far is kept in the summary (``best_<metric>``) and in W&B.
+
+    ``supports_ddp``: the task trains data-parallel under ``torchrun``. It then
+    calls :attr:`train_model` (the model wrapped in DDP) in ``train_step`` on
+    its shard of each global batch (``ddp.shard``), and reduces its evaluation
+    over the ranks (``ddp.all_sum``); the harness averages the training metrics.
+    Without it a run under ``torchrun`` with more than one process stops at once.
     """
+
+    supports_ddp: bool = False
 
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer | None = None
@@ -82,6 +92,12 @@ class Task:
     # evaluate() runs in eval mode and, unless this is False, under torch.no_grad()
     # (a CNF needs autograd inside its dynamics to evaluate log-densities)
     eval_no_grad: bool = True
+
+    @property
+    def train_model(self) -> torch.nn.Module:
+        """What ``train_step`` calls: ``model``, or in a data-parallel run its DDP wrapper (gradients all-reduced)."""
+        wrapped = self.__dict__.get("_ddp_model")
+        return self.model if wrapped is None else wrapped
 
     def train_step(self, step: int) -> dict[str, float]:
         """Run training unit ``step`` (0-based); return its metrics (numbers; None is skipped; NaN or inf stops the run)."""
@@ -302,6 +318,8 @@ class Runner:
         self.interrupted = False
         self.checkpoint_step: int | None = None  # the unit of the last checkpoint written or loaded
         self.attempt: dict = {}  # details of this attempt for meta.json (checkpoint fallback)
+        self.denv = ddp.env()  # RANK, WORLD_SIZE, LOCAL_RANK (torchrun); world 1 otherwise
+        self.rank, self.world = self.denv.rank, self.denv.world
 
     # ---- phases
     def run(self) -> dict:
@@ -327,6 +345,8 @@ class Runner:
                 print(f"interrupted: {e}", file=sys.stderr, flush=True)
                 raise SystemExit(128 + e.signum) from None
             raise SystemExit(f"{'config error' if isinstance(e, ConfigError) else 'error'}: {e}") from None
+        finally:
+            ddp.shutdown(self.denv)
 
     def _run(self) -> dict:
         try:
@@ -369,29 +389,84 @@ class Runner:
         cfg = self.cfg
         hydra_dir = hydra_run_dir() if self.run_dir is None else None
         self.cli = hydra_dir is not None
+        if self.rank != 0:
+            log.setLevel(logging.WARNING)  # rank 0 speaks for the run
         try:
             validate(cfg)  # ranges, consistency, `+key` additions; names and types were checked when Hydra composed cfg
+            self.check_world()
         except ConfigError:
             if hydra_dir is not None:
-                _remove_unused_hydra_dir(hydra_dir)
+                if self.denv.active:  # every rank has this error; once all have joined, Hydra made all its files
+                    ddp.init(self.denv, torch.device("cpu"))
+                if self.rank == 0:
+                    _remove_unused_hydra_dir(hydra_dir)
             raise
+        self.device = ddp.device_for(resolve_device(cfg.device), self.denv)
+        ddp.init(self.denv, self.device)
         self.budget_requested = requested_budget(cfg)
         self.config = to_plain(cfg)
         run_dir = self.run_dir if self.run_dir is not None else hydra_dir
         if run_dir is None:
             raise RunRecordError("no run_dir given and not running under @hydra.main; pass run_dir=...")
-        self.rank, self.world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
         record = RunRecord(run_dir, writer=self.rank == 0)
         self.name, self.budget = record.dir.name, cfg.budget
+        self.record = record
+        if not self.agree(self.claim_checked):  # rank 0 claims; the others follow its outcome
+            return False
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        seed_everything(cfg.seed)
+        ctx = RunContext(run_dir=record.dir, device=self.device, seed=cfg.seed, rank=self.rank,
+                         world_size=self.world)
+        self.task = self.make_task(cfg, ctx)
+        if self.denv.active:  # gradients are all-reduced by DDP's hooks (direct backprop and the adjoint's alike)
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.task._ddp_model = DistributedDataParallel(
+                self.task.model, device_ids=[self.device] if self.device.type == "cuda" else None)
+            self.attempt.update(world_size=self.world, backend=torch.distributed.get_backend())
+        return True
+
+    def check_world(self) -> None:
+        """Under ``torchrun`` with more than one process: the task must support it and the batch must split."""
+        if not self.denv.active:
+            return
+        cfg = self.cfg
+        if not getattr(self.make_task, "supports_ddp", False):
+            raise ConfigError(f"experiment {cfg.experiment} runs single-process (its task does not support "
+                              f"data-parallel training) but was started with WORLD_SIZE={self.world}; run it with "
+                              "python, not torchrun (a sweep of such runs: hydra/launcher=slurm or joblib)")
+        why = ddp.check_world(self.world, getattr(cfg.budget, "batch_size", None))
+        if why:
+            raise ConfigError(why)
+
+    def agree(self, fn: Callable[[], bool]) -> bool:
+        """``fn()`` on rank 0 alone, its result (or its error) on every rank."""
+        if not self.denv.active:
+            return fn()
+        if self.rank == 0:
+            try:
+                out = fn()
+            except BaseException as e:
+                ddp.broadcast(self.denv, ("error", type(e).__name__, str(e)))
+                raise
+            return ddp.broadcast(self.denv, ("ok", out))[1]
+        got = ddp.broadcast(self.denv, None)
+        if got[0] == "ok":
+            return got[1]
+        cls = {"RunLockedError": RunLockedError, "ConfigError": ConfigError}.get(got[1], RunRecordError)
+        raise cls(f"{got[2]} (rank 0: {got[1]})" if cls is RunRecordError else got[2])
+
+    def claim_checked(self) -> bool:
+        """Lock and claim the run directory, check a reused one's config, write ours; False: already finished."""
+        record = self.record
         if record.done:
             log.info("skip: %s is finished (found its 'done' marker); delete the directory to run it again", record.dir)
-            self.record = record
             return False
         self.claim(record)
         if record.done:  # finished by the process that held the lock a moment ago
             log.info("skip: %s is finished (found its 'done' marker); delete the directory to run it again", record.dir)
             return False
-
         old = record.read_config()
         if old is not None and _identity(old) != _identity(self.config):
             a, b = _identity(old), _identity(self.config)
@@ -399,31 +474,26 @@ class Runner:
             raise RunRecordError(
                 f"{record.dir} holds a run with a different config (differs in {diff}); "
                 "delete that directory or change the overrides/seed")
-        self.device = resolve_device(cfg.device)
         self.config["device"] = str(self.device)  # the record says where it ran (device is not part of the name)
         record.write_config(self.config)
-
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
-        seed_everything(cfg.seed)
-        ctx = RunContext(run_dir=record.dir, device=self.device, seed=cfg.seed, rank=self.rank,
-                         world_size=self.world)
-        self.task = self.make_task(cfg, ctx)
         return True
 
     def resume(self) -> None:
         """Load the newest readable checkpoint, if any; start the meta record and the W&B mirror."""
         cfg, record, budget = self.cfg, self.record, self.budget
-        loaded = self.load_checkpoint()
+        name = self.agree(lambda: getattr(self.load_checkpoint(), "name", None))  # rank 0 picks (and falls back)
+        loaded = None if name is None else record.path(name)
+        if loaded is not None and self.rank != 0:  # every rank loads rank 0's checkpoint
+            self.restore(torch.load(loaded, map_location="cpu", weights_only=False))
         if loaded is not None:
             dropped = record.truncate_metrics(self.start)
-            log.info("resume: %s from %s at %s %d/%d (dropped %d later metric records) | %s, device %s",
+            log.info("resume: %s from %s at %s %d/%d (dropped %d later metric records) | %s, device %s, %s",
                      record.dir, loaded.name, budget.unit, self.start, budget.steps, dropped, self.budget_text(),
-                     self.device_text())
+                     self.device_text(), self.processes_text())
         else:
             record.truncate_metrics(0)  # records of an attempt killed before its first checkpoint
-            log.info("start: %s | %s, %d %ss, device %s", record.dir, self.budget_text(), budget.steps, budget.unit,
-                     self.device_text())
+            log.info("start: %s | %s, %d %ss, device %s, %s", record.dir, self.budget_text(), budget.steps,
+                     budget.unit, self.device_text(), self.processes_text())
         record.start_meta(extra={"experiment": cfg.experiment, "run_name": self.name, "overrides": _hydra_overrides(),
                                  "budget": {"requested": self.budget_requested, "resolved": budget.name},
                                  "device": {"requested": cfg.device, "resolved": str(self.device)}},
@@ -451,7 +521,9 @@ class Runner:
             for step in range(self.start, budget.steps):
                 self.step = s = step + 1
                 snapshot = self.snapshot() if self.cfg.nonfinite_skips else None
-                metrics = task.train_step(step) or {}
+                with ddp.synced_error_norms(self.denv):  # every rank's solver takes the same steps
+                    metrics = task.train_step(step) or {}
+                metrics = ddp.mean_metrics(self.denv, metrics, self.device)  # the global batch's (same on every rank)
                 if task.scheduler is not None:
                     task.scheduler.step()
                 self.guard(metrics, snapshot)
@@ -465,6 +537,8 @@ class Runner:
                     self.progress()
                 if (budget.checkpoint_every and s % budget.checkpoint_every == 0) or last:
                     self.checkpoint()
+                if self.denv.active:  # a signal seen by any rank stops them all after this unit
+                    self.stop_signal = ddp.any_max(self.denv, self.stop_signal or 0, self.device) or None
                 if self.stop_signal is not None:
                     self.interrupt()
         finally:
@@ -659,6 +733,13 @@ class Runner:
         if self.budget_requested == "auto":
             return f"budget {name} (auto: {'CUDA available' if name == 'paper' else 'no CUDA'})"
         return f"budget {name}"
+
+    def processes_text(self) -> str:
+        if self.denv.active:
+            return f"{self.world} processes (DDP, {torch.distributed.get_backend()})"
+        if getattr(self.make_task, "supports_ddp", False):
+            return "1 process"
+        return "1 process (this experiment runs single-process; it does not support torchrun)"
 
     def device_text(self) -> str:
         return f"{self.device} (auto)" if self.cfg.device == "auto" else str(self.device)

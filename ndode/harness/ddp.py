@@ -1,0 +1,164 @@
+"""Data-parallel runs under ``torchrun``: the process group, the DDP wrapper, agreement between ranks.
+
+The harness is the only user: it starts one process group per run (gloo on
+CPU, nccl on CUDA), wraps the task's model in
+:class:`~torch.nn.parallel.DistributedDataParallel`, averages each unit's
+training metrics over the ranks, agrees on stopping, and makes every rank's
+adaptive solver take the same steps (:func:`synced_error_norms`). Nothing
+here is used by a single-process run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+
+import torch
+import torch.distributed as dist
+
+from .. import _core
+
+__all__ = ["DistEnv", "env", "device_for", "init", "shutdown", "broadcast", "any_max", "all_sum", "mean_metrics",
+           "synced_error_norms", "check_world", "shard"]
+
+
+class DistEnv:
+    """The process's place in a ``torchrun`` job (from its environment variables)."""
+
+    def __init__(self, rank: int = 0, world: int = 1, local_rank: int = 0):
+        self.rank, self.world, self.local_rank = rank, world, local_rank
+        self.norm_group = None  # a second group for the solver's error norms (never interleaved with DDP's buckets)
+
+    @property
+    def active(self) -> bool:
+        return self.world > 1
+
+
+def env() -> DistEnv:
+    return DistEnv(int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")),
+                   int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def device_for(spec_device: torch.device, denv: DistEnv) -> torch.device:
+    """One GPU per process: ``cuda`` becomes ``cuda:<LOCAL_RANK>``."""
+    if denv.active and spec_device.type == "cuda" and spec_device.index is None:
+        return torch.device("cuda", denv.local_rank)
+    return spec_device
+
+
+def init(denv: DistEnv, device: torch.device) -> None:
+    """Join the job's process group: gloo on CPU, nccl on CUDA (returns once every rank has joined)."""
+    if not denv.active or dist.is_initialized():
+        return
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    kw = {"device_id": device} if device.type == "cuda" else {}
+    dist.init_process_group(backend, timeout=datetime.timedelta(minutes=30), **kw)
+    denv.norm_group = dist.new_group(backend=backend)
+
+
+def shutdown(denv: DistEnv) -> None:
+    if denv.active and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def broadcast(denv: DistEnv, obj):
+    """Rank 0's ``obj`` on every rank."""
+    if not denv.active:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _float_device(device: torch.device) -> torch.device:
+    return device if device.type == "cuda" else torch.device("cpu")
+
+
+def any_max(denv: DistEnv, value: int, device: torch.device) -> int:
+    """The largest ``value`` over the ranks (a stop signal seen by any rank stops them all at the same unit)."""
+    if not denv.active:
+        return value
+    t = torch.tensor([value], dtype=torch.int64, device=_float_device(device))
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t.item())
+
+
+def all_sum(denv: DistEnv, values, device: torch.device) -> list[float]:
+    """Elementwise sums over the ranks of a list of numbers (float64)."""
+    if not denv.active:
+        return [float(v) for v in values]
+    t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=_float_device(device))
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def mean_metrics(denv: DistEnv, metrics: dict, device: torch.device) -> dict:
+    """A unit's metrics averaged over the ranks (equal shards: the mean of shard means is the global batch's).
+
+    Keys must match across ranks; a None stays None where it is None on every rank; a NaN anywhere is a NaN
+    everywhere (so the non-finite guard stops every rank at the same unit).
+    """
+    if not denv.active:
+        return metrics
+    keys = sorted(metrics)
+    vals = []
+    for k in keys:
+        v = metrics[k]
+        if isinstance(v, torch.Tensor):
+            v = v.item()
+        vals += [0.0, 0.0] if v is None else [float(v), 1.0]
+    sums = all_sum(denv, vals, device)
+    out = {}
+    for i, k in enumerate(keys):
+        s, n = sums[2 * i], sums[2 * i + 1]
+        out[k] = None if n == 0 else s / n
+    return out
+
+
+@contextlib.contextmanager
+def synced_error_norms(denv: DistEnv):
+    """Within the block, every adaptive solve's error norm is the RMS over all ranks' data.
+
+    Each rank's norm ``n_r`` is the RMS over its shard; with equal shards the
+    RMS over the global batch is ``sqrt(mean_r n_r**2)``: the same number on
+    every rank, and the one a single process would compute on the whole batch,
+    so every rank accepts, rejects and sizes each step alike (forward and
+    adjoint solves) and the run takes the single-process run's steps. It costs
+    one small all-reduce per step attempt (docs/harness.md, "Scaling out").
+    """
+    if not denv.active:
+        yield
+        return
+    group, world = denv.norm_group, denv.world
+
+    def reduce(n: torch.Tensor) -> torch.Tensor:
+        sq = (n.detach().to(torch.float64) ** 2).reshape(-1)
+        dist.all_reduce(sq, group=group)
+        return (sq / world).sqrt().to(n.dtype).reshape(n.shape)
+
+    previous, _core.NORM_REDUCE = _core.NORM_REDUCE, reduce
+    try:
+        yield
+    finally:
+        _core.NORM_REDUCE = previous
+
+
+def check_world(world: int, batch_size: int | None, option: str = "budget.batch_size") -> str | None:
+    """Why ``world`` processes cannot split the configured batch (None: they can)."""
+    if world > 1 and batch_size is not None and batch_size % world:
+        ok = [n for n in range(1, batch_size + 1) if batch_size % n == 0]
+        return (f"{option}={batch_size} is the global batch and must split evenly over the {world} processes "
+                f"(WORLD_SIZE={world}); use a process count that divides it ({', '.join(map(str, ok[:12]))}"
+                f"{', ...' if len(ok) > 12 else ''}) or a batch size that is a multiple of {world}")
+    return None
+
+
+def shard(indices, denv: DistEnv):
+    """This rank's contiguous share of one global batch's indices (rank r takes the r-th of ``world`` equal parts)."""
+    if not denv.active:
+        return indices
+    n = len(indices) // denv.world
+    return indices[denv.rank * n:(denv.rank + 1) * n]
