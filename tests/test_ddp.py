@@ -1,6 +1,7 @@
 """Data-parallel MNIST under ``torchrun`` on CPU (gloo): parity with one process, resume after a kill, bad world sizes.
 
-Each test here starts ``torchrun`` (2 or 3 worker processes); run them alone with ``pytest -m ddp``.
+The tests marked ``ddp`` start ``torchrun`` (2 or 3 worker processes); run them alone with ``pytest -m ddp``.
+The others check the refusals and the SLURM launcher's defaults without starting any process.
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ import torch
 pytest.importorskip("hydra")
 from test_mnist_experiment import compose_mnist, data_root, mnist  # noqa: E402,F401 - the fixture is shared
 
-from ndode.harness import run_experiment  # noqa: E402
+from hydra import compose, initialize_config_dir  # noqa: E402
 
-pytestmark = pytest.mark.ddp
+from ndode.harness import ConfigError, ddp, run_experiment  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 # log every unit (the first losses are compared one by one), checkpoint every 2, evaluate every 3 of 6 units;
 # no augmentation: a rank draws crops for its share of the batch only, so crops differ from a single process's
@@ -79,6 +81,7 @@ def _assert_same_training(two: Path, one: Path) -> None:
         torch.testing.assert_close(pa[k], pb[k], rtol=1e-4, atol=1e-6, msg=lambda m: f"{k}: {m}")
 
 
+@pytest.mark.ddp
 @pytest.mark.parametrize("model", ["odenet", "resnet"])
 def test_two_processes_match_one(model, odenet_2p, data_root, tmp_path):
     """Same global batch and seed: the same losses unit by unit and the same final parameters as one process.
@@ -96,6 +99,7 @@ def test_two_processes_match_one(model, odenet_2p, data_root, tmp_path):
         assert nfe(two) == nfe(tmp_path / "one")
 
 
+@pytest.mark.ddp
 def test_killed_run_resumes_and_matches(odenet_2p, data_root, tmp_path):
     """SIGKILL to the whole torchrun job after its first checkpoint; the same command resumes and ends the same."""
     overrides = ["model=odenet", *COMMON, f"data.root={data_root}"]
@@ -124,6 +128,7 @@ def test_killed_run_resumes_and_matches(odenet_2p, data_root, tmp_path):
     _assert_same_training(run_dir, odenet_2p)
 
 
+@pytest.mark.ddp
 def test_world_size_that_does_not_divide_the_batch(data_root, tmp_path):
     """3 processes for a global batch of 32: every rank says so before training; no run directory is left."""
     out = _torchrun(3, ["model=mlp", "budget=smoke", f"data.root={data_root}", "logger.wandb=false"], tmp_path)
@@ -133,3 +138,57 @@ def test_world_size_that_does_not_divide_the_batch(data_root, tmp_path):
                       "processes (WORLD_SIZE=3)") == 3, text[-4000:]
     assert "start:" not in text
     assert not [p for p in (tmp_path / "mnist").glob("*")] if (tmp_path / "mnist").exists() else True
+
+
+# ---- without starting processes
+@pytest.fixture
+def world_of_two(monkeypatch):
+    """This process believes it is rank 0 of 2 (the refusals come before any process group is joined)."""
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+
+
+def test_single_process_experiment_refuses_torchrun(world_of_two, tmp_path):
+    """An experiment whose task does not support DDP (ode_demo here; CNF and latent ODE alike) says so at once."""
+    from test_harness import compose_demo, ode_demo
+
+    cfg = compose_demo("budget=smoke", "quiet=true", f"run_root={tmp_path}")
+    with pytest.raises(ConfigError, match=r"experiment ode_demo runs single-process .* WORLD_SIZE=2; run it with "
+                                          r"python, not torchrun"):
+        run_experiment(cfg, ode_demo.ODEDemoTask, run_dir=tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_batch_that_does_not_split_is_refused_before_the_run_directory(world_of_two, data_root, tmp_path):
+    cfg = compose_mnist("model=mlp", "budget=smoke", "budget.batch_size=33", "budget.train_subset=66", "quiet=true",
+                        f"data.root={data_root}", f"run_root={tmp_path}")
+    with pytest.raises(ConfigError, match=r"budget.batch_size=33 is the global batch and must split evenly over the "
+                                          r"2 processes \(WORLD_SIZE=2\); use a process count that divides it "
+                                          r"\(1, 3, 11, 33\) or a batch size that is a multiple of 2"):
+        run_experiment(cfg, mnist.MNISTTask, run_dir=tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_shards_of_a_global_batch_partition_it():
+    idx = torch.arange(12)
+    parts = [ddp.shard(idx, ddp.DistEnv(r, 3)) for r in range(3)]
+    assert torch.equal(torch.cat(parts), idx) and all(len(p) == 4 for p in parts)
+    assert ddp.shard(idx, ddp.DistEnv()) is idx
+
+
+def test_slurm_launcher_gives_one_task_per_gpu():
+    """gpus_per_node=4: four tasks (processes) of one run, memory per GPU; the default stays one GPU, one task."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    from submitit.slurm.slurm import _make_sbatch_string
+
+    for gpus in (1, 4):
+        with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+            launcher = compose("mnist", overrides=["hydra/launcher=slurm", f"hydra.launcher.gpus_per_node={gpus}"],
+                               return_hydra_config=True).hydra.launcher
+        assert launcher.tasks_per_node == gpus
+        script = _make_sbatch_string(command="python x.py", folder="logs", gpus_per_node=launcher.gpus_per_node,
+                                     ntasks_per_node=launcher.tasks_per_node,
+                                     additional_parameters=dict(launcher.additional_parameters))
+        assert f"#SBATCH --ntasks-per-node={gpus}" in script and f"#SBATCH --gpus-per-node={gpus}" in script
+        assert "#SBATCH --mem-per-gpu=32G" in script

@@ -36,6 +36,13 @@ class DistEnv:
 
 
 def env() -> DistEnv:
+    """From ``torchrun``'s variables; in a submitit SLURM job with several tasks (``hydra/launcher=slurm``
+    with ``gpus_per_node`` > 1: one task per GPU) submitit's helper sets them from SLURM's first."""
+    if ("RANK" not in os.environ and os.environ.get("SUBMITIT_EXECUTOR") == "slurm"
+            and int(os.environ.get("SLURM_NTASKS", "1")) > 1):
+        from submitit.helpers import TorchDistributedEnvironment
+
+        TorchDistributedEnvironment().export(set_cuda_visible_devices=False)  # MASTER_ADDR/PORT, RANK, WORLD_SIZE...
     return DistEnv(int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")),
                    int(os.environ.get("LOCAL_RANK", "0")))
 
