@@ -14,7 +14,7 @@ DASH_STAMP := $(VENV)/.dashboard-stamp
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 
 .DEFAULT_GOAL := help
-.PHONY: help install test demo reproduce-mnist reproduce tables figures bench bench-quick sync dashboard
+.PHONY: help install test test-ddp demo reproduce-mnist reproduce tables figures bench bench-quick sync dashboard
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sed 's|$$(VENV)|$(VENV)|g; s|$$(JOBS)|$(JOBS)|g' \
@@ -34,6 +34,9 @@ install: $(STAMP) ## create $(VENV) and install ndode with its experiment and te
 
 test: $(BENCH_STAMP) $(DASH_STAMP) ## run the test suite (what CI runs; installs the bench and dashboard extras too, for their tests)
 	WANDB_MODE=disabled $(PY) -m pytest -q
+
+test-ddp: $(STAMP) ## only the data-parallel tests (each starts torchrun with 2-3 CPU processes; part of make test too)
+	WANDB_MODE=disabled $(PY) -m pytest -q -m ddp
 
 $(BENCH_STAMP): $(STAMP)
 	$(PIP) install -q -e '.[bench]'

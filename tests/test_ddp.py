@@ -43,6 +43,23 @@ def _torchrun(nproc: int, overrides: list[str], run_root: Path, popen: bool = Fa
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
 
 
+def _kill_job(pid: int) -> None:
+    """SIGKILL torchrun and its workers (they run in sessions of their own, so the agent's group is not enough)."""
+    workers = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:  # the parent's pid
+            workers.append(int(stat.parent.name))
+    for p in [pid, *workers]:  # the agent first: it must not restart the workers
+        try:
+            os.kill(p, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 def _run_dir(run_root: Path) -> Path:
     dirs = [p for p in (run_root / "mnist").iterdir() if p.is_dir()]
     assert len(dirs) == 1, dirs
@@ -111,11 +128,13 @@ def test_killed_run_resumes_and_matches(odenet_2p, data_root, tmp_path):
                 break
             time.sleep(0.05)
         assert proc.poll() is None, f"the run ended before it could be killed:\n{proc.stdout.read()[-3000:]}"
-        os.killpg(proc.pid, signal.SIGKILL)
+        _kill_job(proc.pid)
     finally:
+        if proc.poll() is None:
+            _kill_job(proc.pid)
         proc.wait()
     run_dir = _run_dir(tmp_path)
-    assert not (run_dir / "done").exists()
+    assert not (run_dir / "done").exists() and (run_dir / "checkpoint.pt").exists()
     out = _torchrun(2, overrides, tmp_path)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "resume:" in out.stdout + out.stderr

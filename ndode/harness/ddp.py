@@ -48,9 +48,9 @@ def env() -> DistEnv:
 
 
 def device_for(spec_device: torch.device, denv: DistEnv) -> torch.device:
-    """One GPU per process: ``cuda`` becomes ``cuda:<LOCAL_RANK>``."""
+    """One GPU per process: ``cuda`` becomes ``cuda:<LOCAL_RANK>`` (``cuda:0`` where each process sees one GPU)."""
     if denv.active and spec_device.type == "cuda" and spec_device.index is None:
-        return torch.device("cuda", denv.local_rank)
+        return torch.device("cuda", denv.local_rank % max(torch.cuda.device_count(), 1))
     return spec_device
 
 
