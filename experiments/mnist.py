@@ -4,13 +4,16 @@
     python experiments/mnist.py model=rknet solver.method=rk4 solver.step_size=0.25
     python experiments/mnist.py -m model=mlp,resnet,rknet,odenet budget=paper seed=0,1,2
     make reproduce-mnist BUDGET=cpu                                # all four, then the table and figure
+    torchrun --standalone --nproc_per_node=4 experiments/mnist.py model=odenet budget=paper   # one run, DDP
 
 A training unit is one SGD iteration (batch ``budget.batch_size``); the
 learning-rate schedule is given in epochs. Each run's summary holds what
 Table 1 reports (test error, parameters, bytes saved for backward and their
 growth with depth or NFE, time per step and per test batch, NFE forward and
 backward); ODE models also leave ``arrays/fig3_sweep.csv`` (the trained
-model at a range of test-time tolerances) for Figure 3.
+model at a range of test-time tolerances) for Figure 3. Under ``torchrun``
+``budget.batch_size`` is the global batch, split evenly over the processes
+(docs/harness.md, "Scaling out").
 """
 
 from __future__ import annotations
