@@ -1,10 +1,11 @@
 """What keeping data-parallel ODE-Net ranks in step costs: an all-reduced error norm vs each rank on its own.
 
-    python -m benchmarks.ddp_sync [--steps 6] [--world 2] [--batch 32]
+    python -m benchmarks.ddp_sync [--steps 10] [--world 2] [--batch 32]
 
 Starts ``--world`` CPU processes (gloo) that train the MNIST ODE-Net (dopri5,
 adjoint, rtol = atol = 1e-3) data-parallel on a global batch of random images,
-twice from the same weights:
+two copies from the same weights side by side (a step of each in turn, so drifts in the machine's load fall on
+both):
 
 - ``synced``: every adaptive solve's error norm is the RMS over all ranks'
   data (``ndode.harness.ddp.synced_error_norms``, what the harness does): the
@@ -24,6 +25,7 @@ per step, and the time of one such all-reduce alone. Writes nothing.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import tempfile
@@ -48,42 +50,42 @@ def _worker(rank: int, world: int, steps: int, batch: int, init_file: str, queue
     xs = torch.randn(steps + 1, batch, 1, 28, 28, generator=g)
     ys = torch.randint(0, 10, (steps + 1, batch), generator=g)
     n = batch // world
-    out = {}
-    for mode in ("synced", "own"):
+    runs = {}
+    for mode in ("synced", "own"):  # the same initial weights; the two train side by side, a step of each in turn
         torch.manual_seed(0)
         model = build_mnist_model("odenet", dim=64, rtol=1e-3, atol=1e-3, method="dopri5", adjoint=True)
-        net = torch.nn.parallel.DistributedDataParallel(model)
-        opt = torch.optim.SGD(model.parameters(), lr=0.025, momentum=0.9)
-        block = next(ode_blocks(model))
-        calls = [0]
-        times, nfes, reduces = [], [], []
-        for s in range(steps + 1):  # step 0 warms up
-            x, y = xs[s, rank * n:(rank + 1) * n], ys[s, rank * n:(rank + 1) * n]
+        runs[mode] = dict(model=model, net=torch.nn.parallel.DistributedDataParallel(model),
+                          opt=torch.optim.SGD(model.parameters(), lr=0.025, momentum=0.9),
+                          block=next(ode_blocks(model)), times=[], nfe=[], reduces=[])
+    calls = [0]
+
+    def counted(v):
+        calls[0] += 1
+        return reduce(v)
+
+    for s in range(steps + 1):  # step 0 warms up
+        x, y = xs[s, rank * n:(rank + 1) * n], ys[s, rank * n:(rank + 1) * n]
+        for mode in (("synced", "own") if s % 2 else ("own", "synced")):  # alternate: drifts in load cancel
+            r = runs[mode]
             calls[0] = 0
-            ctx = ddp.synced_error_norms(denv) if mode == "synced" else _null()
             dist.barrier()
             t0 = time.perf_counter()
-            with ctx:
+            with ddp.synced_error_norms(denv) if mode == "synced" else contextlib.nullcontext():
                 if mode == "synced":
-                    inner = _core.NORM_REDUCE
-
-                    def counted(v, inner=inner):
-                        calls[0] += 1
-                        return inner(v)
-
-                    _core.NORM_REDUCE = counted
-                loss = torch.nn.functional.cross_entropy(net(x), y)
-                opt.zero_grad(set_to_none=True)
+                    reduce, _core.NORM_REDUCE = _core.NORM_REDUCE, counted
+                loss = torch.nn.functional.cross_entropy(r["net"](x), y)
+                r["opt"].zero_grad(set_to_none=True)
                 loss.backward()
-            opt.step()
+            r["opt"].step()
             dist.barrier()  # the step ends for everyone when the slowest rank is done
-            dt = time.perf_counter() - t0
             if s:
-                times.append(dt)
-                nfes.append((block.nfe_forward, block.nfe_backward))
-                reduces.append(calls[0])
-        params = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
-        out[mode] = dict(time=statistics.median(times), nfe=nfes, reduces=statistics.median(reduces), params=params)
+                r["times"].append(time.perf_counter() - t0)
+                r["nfe"].append((r["block"].nfe_forward, r["block"].nfe_backward))
+                r["reduces"].append(calls[0])
+    out = {mode: dict(time=statistics.median(r["times"]), mean=statistics.mean(r["times"]), nfe=r["nfe"],
+                      reduces=statistics.median(r["reduces"]),
+                      params=torch.cat([p.detach().reshape(-1) for p in r["model"].parameters()]))
+           for mode, r in runs.items()}
     # one norm all-reduce alone
     t = torch.ones(1, dtype=torch.float64)
     dist.barrier()
@@ -95,17 +97,9 @@ def _worker(rank: int, world: int, steps: int, batch: int, init_file: str, queue
     dist.destroy_process_group()
 
 
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--world", type=int, default=2)
     ap.add_argument("--batch", type=int, default=32)
     a = ap.parse_args(argv)
@@ -125,7 +119,7 @@ def main(argv=None) -> None:
     print(f"one norm all-reduce (gloo, 1 float64): {1e6 * r0['allreduce_s']:.0f} us")
     for mode in ("synced", "own"):
         nfe = " / ".join(f"rank {r}: " + ",".join(f"{f}+{b}" for f, b in res[r][mode]["nfe"]) for r in sorted(res))
-        print(f"{mode:>6}: step {r0[mode]['time']:.3f} s | norm all-reduces per step {r0[mode]['reduces']:.0f} "
+        print(f"{mode:>6}: step {r0[mode]['time']:.3f} s (mean {r0[mode]['mean']:.3f} s) | norm all-reduces per step {r0[mode]['reduces']:.0f} "
               f"| NFE forward+backward per step: {nfe}")
     diff = max((res[r]["own"]["params"] - res[r]["synced"]["params"]).abs().max().item() for r in res)
     print(f"largest parameter difference own vs synced after {a.steps + 1} steps: {diff:.2e}")
