@@ -90,28 +90,55 @@ class _Checkpointed(torch.autograd.Function):
         inputs_tail = params
         grad_params = [None] * len(params)
         a = torch.zeros_like(grad_ys[0])  # ∂L/∂y at the end of the step being reversed
+        # FSAL methods (dopri5, tsit5, bosh3) start an adaptive step with the previous step's last stage,
+        # f(t_prev + h_prev, y): that stage is an input of the step (its value recomputed without a graph) and
+        # its gradient gk goes back to the previous step, where the stage is part of the recomputed graph
+        fsal = plan.tab.fsal and "step_size" not in plan.options
+        c_last = plan.tab.c[-1]
+        gk = None
+
+        def k0_time(k):
+            if fsal and k > 0:
+                tp, hp, _ = steps[k - 1]
+                return tp + c_last * hp
+            return steps[k][0]
 
         def advance(k, y):  # step k from y, without a graph
             tk, h, _ = steps[k]
             with torch.no_grad():
-                return integ.step(tk, y, h, integ.f(tk, y))[0]
+                return integ.step(tk, y, h, integ.f(k0_time(k), y))[0]
 
         def reverse_step(k, y_start):
-            nonlocal a
+            nonlocal a, gk
             tk, h, outs = steps[k]
+            chained = fsal and k > 0
             with torch.enable_grad():
                 y = y_start.detach().requires_grad_(True)
-                y_new, ks = integ.step(tk, y, h, integ.f(tk, y))
+                if chained:
+                    with torch.no_grad():
+                        k0 = integ.f(k0_time(k), y_start)
+                    k0.requires_grad_(True)
+                else:
+                    k0 = integ.f(tk, y)
+                y_new, ks = integ.step(tk, y, h, k0)
                 outputs, grads = [y_new], [a]
+                if gk is not None:
+                    outputs.append(ks[-1])
+                    grads.append(gk)
                 for i, theta in outs:
                     if theta is None:
                         grads[0] = grads[0] + grad_ys[i]
                     else:
                         outputs.append(integ.interpolate(y, h, ks, theta))
                         grads.append(grad_ys[i])
-                inputs = (y,) + inputs_tail
-                g = torch.autograd.grad(outputs, inputs, grads, allow_unused=True)
+                inputs = (y, k0) + inputs_tail if chained else (y,) + inputs_tail
+                g = list(torch.autograd.grad(outputs, inputs, grads, allow_unused=True))
             a = torch.zeros_like(y_start) if g[0] is None else g[0]
+            if chained:
+                gk = torch.zeros_like(y_start) if g[1] is None else g[1]
+                del g[1]
+            else:
+                gk = None
             for j, gp in enumerate(g[1:]):
                 if gp is not None:
                     grad_params[j] = gp if grad_params[j] is None else grad_params[j] + gp
