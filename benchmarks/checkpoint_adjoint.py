@@ -19,7 +19,9 @@ float32) is the second case: one training step with each method,
 
 Memory against the number of steps (no timing): one rk4 solve of an MLP ODE
 (32-D state, hidden 128, tanh, batch 128, float32; the setup of benchmark 4)
-with 10, 100 and 1000 steps, bytes saved for backward by each method.
+with 10, 100 and 1000 steps, bytes saved for backward by each method; and at
+the most steps, the checkpointed adjoint's recomputation under a cap
+(``max_stored_steps``): backward over forward evaluations.
 """
 
 from __future__ import annotations
@@ -39,11 +41,11 @@ from .timing import CallCounter, interleaved
 NAME = "checkpoint_adjoint"
 SIZES = {
     "full": dict(tols=(1e-3, 1e-5), batch=1000, n_out=100, reps=5, warmup=1, odenet_batch=128, odenet_reps=3,
-                 memory_steps=(10, 100, 1000)),
+                 memory_steps=(10, 100, 1000), caps=(100, 10, 4)),
     "quick": dict(tols=(1e-3,), batch=1000, n_out=100, reps=2, warmup=1, odenet_batch=32, odenet_reps=1,
-                  memory_steps=(10, 100)),
+                  memory_steps=(10, 100), caps=(10,)),
     "tiny": dict(tols=(1e-3,), batch=4, n_out=5, reps=1, warmup=0, odenet_batch=2, odenet_reps=1,
-                 memory_steps=(10,)),
+                 memory_steps=(10,), caps=(4,)),
 }
 T1 = 5.0
 METHODS = ("direct", "backsolve", "checkpoint")
@@ -87,6 +89,17 @@ def run_memory(sizes: dict) -> pd.DataFrame:
                                     adjoint=adjoint[method]()).ys, ignore=list(func.parameters()))
             rows.append(dict(problem="memory", tol=float("nan"), variant=_label("ndode", method), library="ndode",
                              method=method, n_out=2, batch=128, steps=n, saved_bytes=saved))
+    n = max(sizes["memory_steps"])
+    for cap in (None, *sizes["caps"]):
+        adj = ndode.CheckpointAdjoint(max_stored_steps=cap)
+        saved = saved_tensor_bytes(
+            lambda: ndode.solve(func, y0, [0.0, 1.0], method="rk4", options={"step_size": 1.0 / n}, adjoint=adj).ys,
+            ignore=list(func.parameters()))
+        sol = ndode.solve(func, y0, [0.0, 1.0], method="rk4", options={"step_size": 1.0 / n}, adjoint=adj)
+        sol.ys[-1].sum().backward()
+        rows.append(dict(problem="cap", tol=float("nan"), variant=f"ndode checkpoint (max_stored_steps={cap})",
+                         library="ndode", method="checkpoint", max_stored_steps=cap, n_out=2, batch=128, steps=n,
+                         saved_bytes=saved, nfe_forward=sol.stats.nfe, nfe_backward=sol.stats.nfe_backward))
     return pd.DataFrame(rows)
 
 
@@ -211,7 +224,7 @@ def verdicts(df: pd.DataFrame) -> list[tuple[str, bool]]:
 
 def summary(df: pd.DataFrame) -> str:
     parts = []
-    for (problem, tol), g in df[df.problem != "memory"].groupby(["problem", "tol"], sort=False):
+    for (problem, tol), g in df[df.problem.isin(["latent", "odenet"])].groupby(["problem", "tol"], sort=False):
         r = ratios(g)
         parts.append(f"{problem} rtol {tol:.0e}: time ×{r['vs_direct']:.2f} direct, ×{r['vs_backsolve']:.2f} "
                      f"backsolve; saved ×{r['saved_vs_direct']:.3f} direct")
@@ -222,7 +235,7 @@ def markdown(df: pd.DataFrame) -> str:
     lines = ["| problem | rtol = atol | variant | steps | NFE-F | NFE-B | saved (MiB) | iteration (ms) | ÷ direct (time) | "
              "CPU time (ms) | ÷ direct (CPU time) | grad vs direct | grad vs exact |",
              "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    for (problem, tol), g in df[df.problem != "memory"].groupby(["problem", "tol"], sort=False):
+    for (problem, tol), g in df[df.problem.isin(["latent", "odenet"])].groupby(["problem", "tol"], sort=False):
         td, tc = _pick(g, "ndode direct", "iter_s"), _pick(g, "ndode direct", "iter_cpu_s")
         for r in g.itertuples():
             nb = "—" if r.nfe_backward is None or r.nfe_backward != r.nfe_backward else f"{int(r.nfe_backward)}"
@@ -239,4 +252,11 @@ def markdown(df: pd.DataFrame) -> str:
         for steps, g in mem.groupby("steps"):
             cells = [f"{_pick(g, _label('ndode', m), 'saved_bytes') / 2**10:,.1f} KiB" for m in METHODS]
             lines.append(f"| {int(steps)} | " + " | ".join(cells) + " |")
+    cap = df[df.problem == "cap"]
+    if len(cap):
+        lines += ["", "| rk4 steps | max_stored_steps | saved for backward | NFE-B ÷ NFE-F |", "| ---: | ---: | ---: | ---: |"]
+        for r in cap.itertuples():
+            m = "none" if r.max_stored_steps != r.max_stored_steps or r.max_stored_steps is None else int(r.max_stored_steps)
+            lines.append(f"| {int(r.steps)} | {m} | {r.saved_bytes / 2**10:,.1f} KiB | "
+                         f"{r.nfe_backward / r.nfe_forward:.2f} |")
     return "\n".join(lines)
