@@ -76,6 +76,7 @@ def test_primary_config_composes_with_groups():
     assert solver_kwargs(cfg.solver) == dict(method="rk4", rtol=1e-5, atol=1e-6, options={"step_size": 0.025},
                                              adjoint=None)
     assert compose_demo("solver=dopri5_adjoint").solver.adjoint.name == "backsolve"
+    assert compose_demo("solver=dopri5_adjoint").solver.adjoint and not compose_demo().solver.adjoint  # reads as a bool
     ck = solver_kwargs(compose_demo("solver.adjoint=checkpoint").solver)["adjoint"]
     assert isinstance(ck, ndode.CheckpointAdjoint)
     with pytest.raises(Exception, match="solver.adjoint=true") as e:  # the choice is named, not a bool
