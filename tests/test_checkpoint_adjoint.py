@@ -41,17 +41,16 @@ CASES = ([(m, None) for m in ADAPTIVE] + [(m, {"step_size": 0.13}) for m in FIXE
 @pytest.mark.parametrize("method, options", CASES)
 @pytest.mark.parametrize("backwards", [False, True])
 @pytest.mark.parametrize("cap", [None, 3])
-def test_matches_direct_backprop_exactly(method, options, backwards, cap):
+def test_matches_direct_backprop_exactly(method, options, backwards, cap, device):
     # 29 irregular output times, most of them between steps (dense output), a loss on each; in float64 the
     # gradients are direct backprop's up to rounding, whether every state is kept or revolve recomputes them
     assert method in ndode.METHODS
-    m = MLPField(seed=1)
-    y0 = torch.randn(4, 2, dtype=D, generator=torch.Generator().manual_seed(2)).requires_grad_()
+    m = MLPField(seed=1).to(device)
+    y0 = torch.randn(4, 2, dtype=D, generator=torch.Generator().manual_seed(2)).to(device).requires_grad_()
     t = torch.cat([torch.zeros(1, dtype=D),
                    torch.rand(28, dtype=D, generator=torch.Generator().manual_seed(3)).sort().values * 2.5 + 0.01])
-    if backwards:
-        t = -t
-    w = torch.randn(29, 4, 2, dtype=D, generator=torch.Generator().manual_seed(4))
+    t = (-t if backwards else t).to(device)
+    w = torch.randn(29, 4, 2, dtype=D, generator=torch.Generator().manual_seed(4)).to(device)
     kw = dict(rtol=1e-6, atol=1e-8, method=method, options=options)
     direct, sd = _grads(m, y0, t, w, None, **kw)
     ck, sc = _grads(m, y0, t, w, ndode.CheckpointAdjoint(max_stored_steps=cap), **kw)
