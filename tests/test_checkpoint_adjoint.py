@@ -200,3 +200,35 @@ def test_bad_input_is_named():
         ndode.odeint_adjoint(m, y0, t, adjoint="revolve")
     with pytest.raises(TypeError, match="not a torch.nn.Module.*pass adjoint_params"):
         ndode.odeint_adjoint(lambda t, y: -y, y0, t, adjoint="checkpoint")
+
+
+@pytest.mark.parametrize("cap", [1, 3, 6])
+def test_revolve_holds_at_most_the_cap_in_the_backward_pass(cap, monkeypatch):
+    # the forward pass keeps <= cap states; the backward pass recomputes with <= cap more: each stretch is reversed
+    # holding cap states, its own (kept) start included, plus the step being advanced (its input and its output)
+    import weakref
+
+    from ndode import _core
+
+    live, peak, backward = [], [0], [False]
+    step = _core._Integrator.step
+
+    def counting_step(self, t, y, h, k0):
+        out = step(self, t, y, h, k0)
+        if backward[0] and not torch.is_grad_enabled():  # a state recomputed by the backward pass
+            live.append(weakref.ref(out[0]))
+            peak[0] = max(peak[0], sum(r() is not None for r in live))
+        return out
+
+    monkeypatch.setattr(_core._Integrator, "step", counting_step)
+    m = MLPField(seed=14)
+    y0 = torch.randn(3, 2, dtype=D, generator=torch.Generator().manual_seed(15))
+    sol = ndode.solve(m, y0, [0.0, 3.0], method="rk4", options={"step_size": 0.05},
+                      adjoint=ndode.CheckpointAdjoint(max_stored_steps=cap))
+    kept = saved_tensor_bytes(lambda: ndode.solve(m, y0, [0.0, 3.0], method="rk4", options={"step_size": 0.05},
+                                                  adjoint=ndode.CheckpointAdjoint(max_stored_steps=cap)).ys,
+                              ignore=list(m.parameters()))
+    assert kept <= cap * y0.numel() * 8
+    backward[0] = True
+    sol.ys[-1].sum().backward()
+    assert 0 < peak[0] <= (cap - 1) + 2 and sol.stats.n_accepted_backward == 60
