@@ -162,7 +162,7 @@ class ODEDemoTask(Task):
         loss = self.refiner.step(closure)
         self.tally["refine_mse"] = loss.item()
         return {"refine_mse": loss.item(), "refine_horizon": t[-1].item(), "refine_nfe_forward": nfe["forward"],
-                "refine_nfe_backward": nfe["backward"] if self.cfg.solver.adjoint else None}
+                "refine_nfe_backward": nfe["backward"] if self.solver["adjoint"] is not None else None}
 
     def _trajectory(self):
         kw = dict(self.solver, adjoint=None)
@@ -178,7 +178,7 @@ class ODEDemoTask(Task):
         n = max(self.tally["window_steps"], 1)
         return {**final_eval, "window_loss": self.tally["window_loss"], "refine_mse": self.tally["refine_mse"],
                 "nfe_forward": self.tally["nfe_forward"] / n,
-                "nfe_backward": self.tally["nfe_backward"] / n if self.cfg.solver.adjoint else None,
+                "nfe_backward": self.tally["nfe_backward"] / n if self.solver["adjoint"] is not None else None,
                 "traj_var": self.y_true.var(dim=0).mean().item()}
 
     def state_dict(self) -> dict:

@@ -349,6 +349,10 @@ class _Integrator:
         self._checked = False
         self._cast = False
         self._last_t, self._last_tt = None, None
+        # on_step(t, h, y, outs), if set, sees every accepted step: its start t and size h, the state y it
+        # started from, and the outputs it produced as (index, theta) pairs, theta=None for the step's end
+        # state, else the dense output at t + theta*h (the checkpointed adjoint records the steps with it)
+        self.on_step = None
 
     def _t(self, t):
         # scalar_tensor: a fill, not a host-to-device copy (no sync on CUDA), ~17% faster at batch 1 than
@@ -400,8 +404,11 @@ class _Integrator:
             h = (tb - ta) / n
             for j in range(n):
                 t = ta + j * h
+                y_start = y
                 y, _ = self.step(t, y, h, self.f(t, y))
                 self.stats.n_accepted += 1
+                if self.on_step is not None:
+                    self.on_step(t, h, y_start, [(i, None)] if j == n - 1 else [])
             if not bool(torch.isfinite(y).all()):  # a non-finite y0 stays non-finite: it is caught here too
                 self.check_y0(y0)
                 self._fail("non-finite state (nan or inf)", tb, h)
@@ -507,12 +514,14 @@ class _Integrator:
                     factor = min(1.0, factor)
                 rejected = False
                 # outputs inside (t, t_next]
+                outs = []
                 while i < n_out and direction * (times[i] - t_next) <= 0:
-                    if times[i] == t_next:
-                        ys.append(y_new)
-                    else:
-                        ys.append(self.interpolate(y, h, ks, (times[i] - t) / h))
+                    theta = None if times[i] == t_next else (times[i] - t) / h
+                    ys.append(y_new if theta is None else self.interpolate(y, h, ks, theta))
+                    outs.append((i, theta))
                     i += 1
+                if self.on_step is not None:
+                    self.on_step(t, h, y, outs)
                 k = ks[-1] if tab.fsal else None
                 if on_output is not None and clipped:
                     jumped = on_output(i - 1, y_new)
@@ -559,9 +568,10 @@ class _Plan:
         return _Integrator(p.wrap(self.func), self.tab, self.rtol, self.atol, self.options, self.stats,
                            p.rms_norm(), p.dtype, p.device)
 
-    def run(self, y0_packed):
-        """The forward solve: the packed state at every output time."""
+    def run(self, y0_packed, on_step=None):
+        """The forward solve: the packed state at every output time (``on_step``: see ``_Integrator``)."""
         integ = self.integrator()
+        integ.on_step = on_step
         if len(self.times) == 1:
             integ.check_y0(y0_packed)
             return [y0_packed]

@@ -231,6 +231,7 @@ def odeint_adjoint(
     adjoint_method=None,
     adjoint_options=None,
     adjoint_params=None,
+    adjoint="backsolve",
 ):
     """torchdiffeq-compatible adjoint solve: same result as :func:`ndode.odeint`, O(1) memory in the steps.
 
@@ -241,7 +242,26 @@ def odeint_adjoint(
     plus ``norm``: ``"seminorm"`` (default; the parameter-adjoint channels are
     left out of the error estimate, Kidger et al. 2021) or ``"full"``. The same
     as ``ndode.solve(..., adjoint=BacksolveAdjoint(rtol=adjoint_rtol, ...)).ys``.
+
+    ``adjoint="checkpoint"`` (not a torchdiffeq keyword) differentiates the
+    discrete solve exactly instead, by recomputing its steps in reverse
+    (:class:`ndode.CheckpointAdjoint`; no backward solve, so no
+    ``adjoint_rtol``/``atol``/``method``/``options``).
     """
-    adjoint = BacksolveAdjoint(rtol=adjoint_rtol, atol=adjoint_atol, method=adjoint_method,
-                               options=adjoint_options, params=adjoint_params)
+    if adjoint == "checkpoint":
+        given = [k for k, v in (("adjoint_rtol", adjoint_rtol), ("adjoint_atol", adjoint_atol),
+                                ("adjoint_method", adjoint_method), ("adjoint_options", adjoint_options))
+                 if v is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)} set the backsolve adjoint's backward solve; adjoint='checkpoint' "
+                             "has none (use ndode.solve(..., adjoint=ndode.CheckpointAdjoint(max_stored_steps=n)) "
+                             "to cap its memory)")
+        from .checkpoint_adjoint import CheckpointAdjoint  # that module imports this one
+
+        adjoint = CheckpointAdjoint(params=adjoint_params)
+    elif adjoint == "backsolve":
+        adjoint = BacksolveAdjoint(rtol=adjoint_rtol, atol=adjoint_atol, method=adjoint_method,
+                                   options=adjoint_options, params=adjoint_params)
+    else:
+        raise ValueError(f"adjoint must be 'backsolve' or 'checkpoint', got {adjoint!r}")
     return solve(func, y0, t, rtol=rtol, atol=atol, method=method, options=options, adjoint=adjoint).ys

@@ -23,11 +23,11 @@ from typing import Any, Optional
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from ..adjoint import BacksolveAdjoint
+from .. import ADJOINTS
 from ..tableau import TABLEAUS
 
 __all__ = [
-    "ConfigError", "SolverMethod", "SolverConfig", "BudgetConfig", "LoggerConfig", "ExperimentConfig",
+    "ConfigError", "SolverMethod", "AdjointMethod", "SolverConfig", "BudgetConfig", "LoggerConfig", "ExperimentConfig",
     "Range", "ranged", "register_schema", "validate", "solver_kwargs", "run_name", "to_plain", "NAME_EXCLUDED_KEYS",
     "auto_budget", "requested_budget",
 ]
@@ -119,6 +119,11 @@ def requested_budget(cfg) -> str:
 # set is the solver core's own registry, so a new tableau is selectable at once.
 SolverMethod = Enum("SolverMethod", {name: name for name in TABLEAUS}, module=__name__)
 SolverMethod.__doc__ = "Runge–Kutta methods known to the solver core (ndode.METHODS)."
+# How gradients of a solve are computed: none (backpropagation through the solver's steps), or an adjoint
+# by its name in ndode.ADJOINTS (backsolve: the paper's adjoint ODE; checkpoint: exact, steps recomputed).
+AdjointMethod = Enum("AdjointMethod", {name: name for name in ("none", *ADJOINTS)}, module=__name__)
+AdjointMethod.__doc__ = "Gradient methods of a solve: none (direct backpropagation) or an ndode.ADJOINTS name."
+AdjointMethod.__bool__ = lambda self: self.name != "none"  # `if cfg.solver.adjoint:` reads as before (a bool)
 
 WANDB_MODES = ("online", "offline", "disabled")
 BUDGET_UNITS = ("iter", "epoch")
@@ -139,7 +144,7 @@ class SolverConfig:
     step_size: Optional[float] = ranged(None, gt=0)
     # None: the method's own nature (error control iff it has an embedded pair).
     adaptive: Optional[bool] = None
-    adjoint: bool = False
+    adjoint: AdjointMethod = AdjointMethod.none  # none | backsolve | checkpoint
     max_num_steps: Optional[int] = ranged(None, ge=1)
 
     def validate(self, path: str) -> None:
@@ -279,6 +284,7 @@ def _method_name(method) -> str:
 def solver_kwargs(solver) -> dict:
     """Keyword arguments for ``ndode.solve`` from a ``SolverConfig`` (node or dataclass)."""
     name = _method_name(solver.method)
+    adjoint = _method_name(solver.adjoint)
     tab = TABLEAUS[name]
     adaptive = tab.adaptive if solver.adaptive is None else bool(solver.adaptive)
     options: dict = {}
@@ -287,7 +293,7 @@ def solver_kwargs(solver) -> dict:
     elif solver.max_num_steps is not None:
         options["max_num_steps"] = int(solver.max_num_steps)
     return dict(method=name, rtol=float(solver.rtol), atol=float(solver.atol), options=options or None,
-                adjoint=BacksolveAdjoint() if solver.adjoint else None)
+                adjoint=None if adjoint == "none" else ADJOINTS[adjoint]())
 
 
 def to_plain(cfg) -> dict:
