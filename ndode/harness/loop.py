@@ -16,6 +16,10 @@ newest cannot be read, SIGTERM/SIGINT/SIGUSR2 finish the unit, checkpoint and
 stop, non-finite metrics stop the run (or skip the unit, ``nonfinite_skips``),
 failures and interruptions are recorded in ``meta.json``, and a run refused
 before its first record leaves no directory.
+
+Under ``torchrun`` (tasks with ``supports_ddp``) the same loop runs on every
+rank: rank 0 claims, writes and checkpoints, the others follow its decisions
+(``ndode/harness/ddp.py``; docs/harness.md, "Scaling out").
 """
 
 from __future__ import annotations
