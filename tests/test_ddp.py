@@ -43,16 +43,33 @@ def _torchrun(nproc: int, overrides: list[str], run_root: Path, popen: bool = Fa
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
 
 
-def _kill_job(pid: int) -> None:
-    """SIGKILL torchrun and its workers (they run in sessions of their own, so the agent's group is not enough)."""
-    workers = []
+def _workers(pid: int) -> dict[int, int]:
+    """torchrun's worker processes: {rank: pid} (from /proc: children of ``pid`` and their RANK)."""
+    out = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) != pid:  # the parent's pid
+                continue
+            env = dict(kv.split("=", 1) for kv in (stat.parent / "environ").read_text().split("\0") if "=" in kv)
         except OSError:
             continue
-        if int(fields[1]) == pid:  # the parent's pid
-            workers.append(int(stat.parent.name))
+        out[int(env.get("RANK", -1))] = int(stat.parent.name)
+    return out
+
+
+def _wait_for_checkpoint(proc, run_root: Path) -> None:
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        if list((run_root / "mnist").glob("*/checkpoint.pt")):
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, f"the run ended before the test could interrupt it:\n{proc.stdout.read()[-3000:]}"
+
+
+def _kill_job(pid: int) -> None:
+    """SIGKILL torchrun and its workers (they run in sessions of their own, so the agent's group is not enough)."""
+    workers = list(_workers(pid).values())
     for p in [pid, *workers]:  # the agent first: it must not restart the workers
         try:
             os.kill(p, signal.SIGKILL)
@@ -122,12 +139,7 @@ def test_killed_run_resumes_and_matches(odenet_2p, data_root, tmp_path):
     overrides = ["model=odenet", *COMMON, f"data.root={data_root}"]
     proc = _torchrun(2, overrides, tmp_path, popen=True)
     try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and proc.poll() is None:
-            if list((tmp_path / "mnist").glob("*/checkpoint.pt")):
-                break
-            time.sleep(0.05)
-        assert proc.poll() is None, f"the run ended before it could be killed:\n{proc.stdout.read()[-3000:]}"
+        _wait_for_checkpoint(proc, tmp_path)
         _kill_job(proc.pid)
     finally:
         if proc.poll() is None:
@@ -145,6 +157,30 @@ def test_killed_run_resumes_and_matches(odenet_2p, data_root, tmp_path):
     for k in ("test_error", "test_loss", "train_loss", "train_nfe_forward", "train_nfe_backward"):
         assert a[k] == pytest.approx(b[k], rel=1e-6), k
     _assert_same_training(run_dir, odenet_2p)
+
+
+@pytest.mark.ddp
+def test_signal_to_one_rank_stops_both_after_the_same_unit(data_root, tmp_path):
+    """SIGTERM reaches rank 1 alone: the ranks agree after the unit, rank 0 checkpoints it, both stop (no hang)."""
+    long = [o if not o.startswith("budget.steps=") else "budget.steps=5000" for o in COMMON]
+    proc = _torchrun(2, ["model=mlp", *long, f"data.root={data_root}"], tmp_path, popen=True)
+    try:
+        _wait_for_checkpoint(proc, tmp_path)
+        os.kill(_workers(proc.pid)[1], signal.SIGTERM)
+        text, _ = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            _kill_job(proc.pid)
+            proc.wait()
+    assert proc.returncode != 0
+    assert text.count("interrupted: SIGTERM at iter") == 2, text[-3000:]  # both ranks, the same unit
+    meta = json.loads((_run_dir(tmp_path) / "meta.json").read_text())
+    assert meta["status"] == "interrupted"
+    step = meta["attempts"][-1]["interrupted"]["step"]
+    ckpt = torch.load(_run_dir(tmp_path) / "checkpoint.pt", map_location="cpu", weights_only=False)
+    assert ckpt["step"] == step < 5000
+    assert len({line.split("interrupted: SIGTERM at iter ")[1].split("/")[0]
+                for line in text.splitlines() if "interrupted: SIGTERM at iter" in line}) == 1
 
 
 @pytest.mark.ddp

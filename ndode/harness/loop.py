@@ -541,9 +541,12 @@ class Runner:
                     self.progress()
                 if (budget.checkpoint_every and s % budget.checkpoint_every == 0) or last:
                     self.checkpoint()
-                if self.denv.active:  # a signal seen by any rank stops them all after this unit
-                    self.stop_signal = ddp.any_max(self.denv, self.stop_signal or 0, self.device) or None
-                if self.stop_signal is not None:
+                stop = self.stop_signal
+                if self.denv.active:  # a signal seen by any rank stops them all after this unit; one that comes
+                    # after this all-reduce stays in stop_signal for the next (so the decision is the same everywhere)
+                    stop = ddp.any_max(self.denv, stop or 0, self.device) or None
+                if stop is not None:
+                    self.stop_signal = stop
                     self.interrupt()
         finally:
             self.restore_signals(old_handlers)
