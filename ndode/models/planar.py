@@ -32,6 +32,9 @@ from torch.nn import functional as F
 __all__ = ["PlanarLayer", "PlanarFlow", "constrain_u", "planar_forward", "planar_inverse", "standard_normal_logpdf"]
 
 
+MARGIN = 1e-3  # wᵀû ≥ −1 + MARGIN (see constrain_u)
+
+
 def standard_normal_logpdf(z: torch.Tensor, var: float = 1.0) -> torch.Tensor:
     """log N(z; 0, var·I), summed over the last dimension."""
     d = z.shape[-1]
@@ -39,9 +42,13 @@ def standard_normal_logpdf(z: torch.Tensor, var: float = 1.0) -> torch.Tensor:
 
 
 def constrain_u(w: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """``û = u + (m(wᵀu) − wᵀu) w/‖w‖²`` with ``m(x) = −1 + softplus(x)``, so ``wᵀû > −1`` (rows: layers)."""
+    """``û = u + (m(wᵀu) − wᵀu) w/‖w‖²`` with ``m(x) = −1 + softplus(x)``, so ``wᵀû > −1`` (rows: layers).
+
+    ``m`` is floored at ``−1 + 1e-3``: for ``wᵀu ≲ −30`` softplus underflows against 1 and round-off would
+    otherwise leave ``wᵀû = −1`` exactly, a zero Jacobian determinant where ``tanh' = 1``."""
     wu = (w * u).sum(-1, keepdim=True)
-    return u + (-1.0 + F.softplus(wu) - wu) * w / (w * w).sum(-1, keepdim=True).clamp_min(1e-12)
+    m = (-1.0 + F.softplus(wu)).clamp_min(-1.0 + MARGIN)
+    return u + (m - wu) * w / (w * w).sum(-1, keepdim=True).clamp_min(1e-12)
 
 
 def planar_forward(z, w, u_hat, b, wu=None) -> tuple[torch.Tensor, torch.Tensor]:
