@@ -76,13 +76,22 @@ def planar_inverse(y, w, u_hat, b, iters: int = 80) -> torch.Tensor:
     return y - torch.tanh(alpha + b).to(y.dtype)[:, None] * u_hat
 
 
+def near_identity_init(shape, w_scale: float = 0.5, noise: float = 0.01) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(w, u)`` with ``m(wᵀu) = 0``, so ``û`` is only ``u``'s small part orthogonal to ``w``: each layer starts
+    within ``noise`` of the identity. (Small random ``w, u`` would not: ``m(0) = −1 + log 2``, so every
+    layer would start as a contraction by ``log 2`` along ``w``, and 32 of them collapse the base.)"""
+    w = torch.randn(shape) * w_scale
+    u = w * math.log(math.e - 1) / (w * w).sum(-1, keepdim=True) + torch.randn(shape) * noise
+    return w, u
+
+
 class PlanarLayer(nn.Module):
     """One planar layer ``z + û tanh(wᵀz + b)`` with the invertibility constraint on ``u``."""
 
-    def __init__(self, dim: int, init_scale: float = 0.01):
+    def __init__(self, dim: int):
         super().__init__()
-        self.w = nn.Parameter(torch.randn(dim) * init_scale)
-        self.u = nn.Parameter(torch.randn(dim) * init_scale)
+        w, u = near_identity_init((dim,))
+        self.w, self.u = nn.Parameter(w), nn.Parameter(u)
         self.b = nn.Parameter(torch.zeros(()))
 
     def u_hat(self) -> torch.Tensor:
@@ -106,16 +115,15 @@ class PlanarFlow(nn.Module):
     batched computation per pass, not K small ones.
     """
 
-    def __init__(self, dim: int = 2, layers: int = 8, orientation: str = "generative", base_var: float = 1.0,
-                 init_scale: float = 0.01):
+    def __init__(self, dim: int = 2, layers: int = 8, orientation: str = "generative", base_var: float = 1.0):
         super().__init__()
         if layers < 1:
             raise ValueError(f"layers={layers!r} must be >= 1")
         if orientation not in ("generative", "normalizing"):
             raise ValueError(f"orientation={orientation!r} is not one of ['generative', 'normalizing']")
         self.dim, self.orientation, self.base_var, self.K = dim, orientation, base_var, layers
-        self.w = nn.Parameter(torch.randn(layers, dim) * init_scale)
-        self.u = nn.Parameter(torch.randn(layers, dim) * init_scale)
+        w, u = near_identity_init((layers, dim))
+        self.w, self.u = nn.Parameter(w), nn.Parameter(u)
         self.b = nn.Parameter(torch.zeros(layers))
 
     def _layers(self):
