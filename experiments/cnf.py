@@ -172,7 +172,7 @@ def build_model(cfg, device) -> torch.nn.Module:
 
 class CNFTask(Task):
     def __init__(self, cfg, ctx: RunContext):
-        self.cfg, self.device = cfg, ctx.device
+        self.cfg, self.device, self.run_dir = cfg, ctx.device, ctx.run_dir
         self.density = cfg.data in TARGETS
         self.goals = {"kl": "min"} if self.density else {"nll_test": "min"}
         self.model = build_model(cfg, self.device)
@@ -212,28 +212,25 @@ class CNFTask(Task):
                     m.set_probe(self._probe(x))
                 loss = -m.log_prob(x).mean()
         except SolverError as e:
-            raise NonFiniteLoss(f"iteration {step + 1}: the forward solve failed ({e}); the last good checkpoint "
-                                "is kept in the run directory") from e
+            raise NonFiniteLoss(f"iteration {step + 1}: the forward solve failed ({e}); {self._kept()}") from e
         nfe_f = m.last.nfe if self.is_cnf else None
         if not torch.isfinite(loss):
-            raise NonFiniteLoss(
-                f"non-finite loss {loss.item()} at iteration {step + 1} (NFE-F {nfe_f}); the optimizer step was not "
-                "taken and the last good checkpoint is kept in the run directory: resume it (same command) or "
-                "start again with other settings (e.g. a smaller budget.lr or tighter solver tolerances)")
+            raise NonFiniteLoss(f"non-finite loss {loss.item()} at iteration {step + 1} (NFE-F {nfe_f}); the optimizer "
+                                f"step was not taken; {self._kept()}")
         self.optimizer.zero_grad(set_to_none=True)
         try:
             loss.backward()
         except SolverError as e:
-            raise NonFiniteLoss(f"iteration {step + 1}: the adjoint solve failed (NFE-F {nfe_f}): {e}") from e
+            raise NonFiniteLoss(f"iteration {step + 1}: the adjoint solve failed (NFE-F {nfe_f}): {e}; "
+                                f"{self._kept()}") from e
         finally:
             if self.is_cnf:
                 m.set_probe(None)
         nfe_b = m.last.nfe_backward if self.is_cnf else None
         grads = [p.grad for p in m.parameters() if p.grad is not None]
         if not all(bool(torch.isfinite(g).all()) for g in grads):
-            raise NonFiniteLoss(
-                f"non-finite gradient at iteration {step + 1} (NFE-F {nfe_f}, NFE-B {nfe_b}); the optimizer step was "
-                "not taken and the last good checkpoint is kept in the run directory")
+            raise NonFiniteLoss(f"non-finite gradient at iteration {step + 1} (NFE-F {nfe_f}, NFE-B {nfe_b}); the "
+                                f"optimizer step was not taken; {self._kept()}")
         self.optimizer.step()
         self.tally["n"] += 1
         self.tally["loss"] = loss.item()
@@ -241,6 +238,12 @@ class CNFTask(Task):
             self.tally["nfe_forward"] += nfe_f
             self.tally["nfe_backward"] += nfe_b or 0
         return {"loss": loss.item(), "nfe_forward": nfe_f, "nfe_backward": nfe_b}
+
+    def _kept(self) -> str:
+        ckpt = self.run_dir / "checkpoint.pt"
+        return (f"the last good checkpoint {ckpt} is kept: the same command resumes from it; to continue with other "
+                "settings (e.g. a smaller lr or tighter tolerances) copy it into the new run's directory first"
+                if ckpt.exists() else "no checkpoint was written yet (budget.checkpoint_every)")
 
     def evaluate(self) -> dict:
         m = self.model

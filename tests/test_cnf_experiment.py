@@ -137,12 +137,16 @@ def test_non_finite_loss_stops_with_iteration_and_nfe_and_keeps_the_last_checkpo
         return e * float("nan") if calls["n"] == 5 else e
 
     monkeypatch.setattr(cnf, "energy", poisoned)
-    with pytest.raises(cnf.NonFiniteLoss, match=r"non-finite loss nan at iteration 5 \(NFE-F \d+\)"):
+    with pytest.raises(cnf.NonFiniteLoss, match=r"non-finite loss nan at iteration 5 \(NFE-F \d+\).*last good "
+                                                 r"checkpoint .*checkpoint.pt is kept"):
         run_experiment(cfg, cnf.CNFTask, run_dir=run_dir)
+    import shutil
+
     import torch
 
     ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=False)
     assert ckpt["step"] == 4  # the last good checkpoint survives
+    shutil.copy(run_dir / "checkpoint.pt", tmp_path / "ckpt4.pt")
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values())
     assert not (run_dir / "done").exists()
     monkeypatch.setattr(cnf, "energy", real)  # resume the same run: it continues from iteration 4
@@ -150,6 +154,15 @@ def test_non_finite_loss_stops_with_iteration_and_nfe_and_keeps_the_last_checkpo
     assert (run_dir / "done").exists() and math.isfinite(s["kl"])
     meta = json.loads((run_dir / "meta.json").read_text())
     assert meta["attempts"][-1]["resumed_from_step"] == 4
+    # or continue with other settings: the checkpoint copied into the other run's directory
+    other = tmp_path / "other"
+    other.mkdir()
+    shutil.copy(tmp_path / "ckpt4.pt", other / "checkpoint.pt")
+    cfg2 = compose_cnf("data=U1", "flow=cnf", "size=2", "budget.plan.density_cnf.steps=6",
+                       "budget.plan.density_cnf.lr=1e-4", "solver.rtol=1e-6")
+    s2 = run_experiment(cfg2, cnf.CNFTask, run_dir=other)
+    assert math.isfinite(s2["kl"])
+    assert json.loads((other / "meta.json").read_text())["attempts"][-1]["resumed_from_step"] == 4
 
 
 def _runs_frame():
