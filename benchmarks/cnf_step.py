@@ -123,9 +123,10 @@ def summary(df: pd.DataFrame) -> str:
     parts = [f"{r.variant}: {r.step_s:.3f} s, NFE-F/B {r.nfe_forward}/{r.nfe_backward}" for r in df.itertuples()]
     line = "cnf step: " + "; ".join(parts)
     if "torchdiffeq (full)" in set(df.variant):
-        line += (f" | time ndode/torchdiffeq: default {_get(df, 'ndode (seminorm)', 'step_s') / _get(df, 'torchdiffeq (full)', 'step_s'):.2f}, "
-                 f"same norm full {_get(df, 'ndode (full)', 'step_s') / _get(df, 'torchdiffeq (full)', 'step_s'):.2f}, "
-                 f"seminorm {_get(df, 'ndode (seminorm)', 'step_s') / _get(df, 'torchdiffeq (seminorm)', 'step_s'):.2f}")
+        t = {v: _get(df, v, "step_s") for v in df.variant}
+        line += (f" | time ndode/torchdiffeq: default {t['ndode (seminorm)'] / t['torchdiffeq (full)']:.2f}, "
+                 f"same norm full {t['ndode (full)'] / t['torchdiffeq (full)']:.2f}, "
+                 f"seminorm {t['ndode (seminorm)'] / t['torchdiffeq (seminorm)']:.2f}")
     return line
 
 

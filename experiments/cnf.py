@@ -265,7 +265,8 @@ class CNFTask(Task):
         return {**final_eval, "task": "density" if self.density else "mle", "train_loss": self.tally["loss"],
                 "nfe_forward": self.tally["nfe_forward"] / n if self.is_cnf else None,
                 "nfe_backward": self.tally["nfe_backward"] / n if self.is_cnf else None,
-                "nfe_forward_last": final_train.get("nfe_forward"), "nfe_backward_last": final_train.get("nfe_backward"),
+                "nfe_forward_last": final_train.get("nfe_forward"),
+                "nfe_backward_last": final_train.get("nfe_backward"),
                 "params": sum(p.numel() for p in self.model.parameters())}
 
     def state_dict(self) -> dict:

@@ -96,7 +96,8 @@ def cnf(runs: Path, out: Path, run: str | None, budget: str | None = None) -> li
         a = arrays(toys, lambda r: r["data"])
         recs = []
         for _, r in toys.drop_duplicates("data").iterrows():
-            rec = pd.DataFrame([x for x in read_jsonl(Path(r["run_dir"]) / "metrics.jsonl") if x.get("kind") == "train"])
+            records = read_jsonl(Path(r["run_dir"]) / "metrics.jsonl")
+            rec = pd.DataFrame([x for x in records if x.get("kind") == "train"])
             recs.append(rec.assign(dataset=r["data"]))
         fig = C.plot_toy(a, pd.concat(recs), C.toy_table(df), title=f"FFJORD toy densities, budget={budget}")
         paths.append(save_figure(fig, out / "cnf_toy.png"))

@@ -141,7 +141,8 @@ def test_planar_layer_log_determinant_matches_slogdet_of_its_jacobian():
 
 def test_planar_constraint_keeps_the_layer_invertible():
     w = torch.tensor([[1.0, 2.0], [0.3, -0.1], [5.0, 0.0]], dtype=torch.float64)
-    u = torch.tensor([[-10.0, -10.0], [-3.0, 40.0], [-7.0, 1.0]], dtype=torch.float64)  # wᵀu ≪ −1: not invertible raw
+    # wᵀu ≪ −1: the raw layers are not invertible
+    u = torch.tensor([[-10.0, -10.0], [-3.0, 40.0], [-7.0, 1.0]], dtype=torch.float64)
     assert ((w * u).sum(-1) < -1).all()
     u_hat = constrain_u(w, u)
     assert ((w * u_hat).sum(-1) > -1 + 5e-4).all()

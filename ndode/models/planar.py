@@ -42,7 +42,7 @@ def standard_normal_logpdf(z: torch.Tensor, var: float = 1.0) -> torch.Tensor:
 
 
 def constrain_u(w: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """``û = u + (m(wᵀu) − wᵀu) w/‖w‖²`` with ``m(x) = −1 + softplus(x)``, so ``wᵀû > −1`` (rows: layers).
+    """``û = u + (m(wᵀu) − wᵀu) w/‖w‖²``, ``m(x) = −1 + softplus(x)``, so ``wᵀû > −1`` (rows: layers).
 
     ``m`` is floored at ``−1 + 1e-3``: for ``wᵀu ≲ −30`` softplus underflows against 1 and round-off would
     otherwise leave ``wᵀû = −1`` exactly, a zero Jacobian determinant where ``tanh' = 1``."""

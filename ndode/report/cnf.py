@@ -95,7 +95,8 @@ def _cell(mean, std, fmt=".3f") -> str:
 
 def _claims_md(c: pd.DataFrame) -> str:
     lines = ["| claim | planar | CNF | holds |", "| --- | ---: | ---: | --- |"]
-    lines += [f"| {r.claim} | {r.planar:.3f} | {r.cnf:.3f} | {'yes' if r.holds else '**no**'} |" for r in c.itertuples()]
+    lines += [f"| {r.claim} | {r.planar:.3f} | {r.cnf:.3f} | {'yes' if r.holds else '**no**'} |"
+              for r in c.itertuples()]
     return "\n".join(lines) + "\n"
 
 
