@@ -63,8 +63,8 @@ def run(sizes: dict, peers=P.PEERS) -> pd.DataFrame:
 
     def ndode_step(norm):
         model.zero_grad(set_to_none=True)
-        sol = ndode.solve(model, (x, zero), t, rtol=TOL, atol=TOL, method="dopri5", adjoint=True,
-                          adjoint_options={"norm": norm})
+        sol = ndode.solve(model, (x, zero), t, rtol=TOL, atol=TOL, method="dopri5",
+                          adjoint=ndode.BacksolveAdjoint(options={"norm": norm}))
         neg_loglik(*sol.ys).backward()
         last[("ndode", norm)] = (sol.stats.nfe, sol.stats.nfe_backward)
 

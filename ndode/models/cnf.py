@@ -122,7 +122,8 @@ class ConcatMLPDynamics(nn.Module):
 class CNF(nn.Module):
     """A continuous normalizing flow: ``dynamics`` on ``t ∈ [0, t1]``, base ``N(0, base_var·I)`` at ``t = 0``.
 
-    ``solver`` holds the keyword arguments of :func:`ndode.solve` (method, tolerances, adjoint).
+    ``solver`` holds the keyword arguments of :func:`ndode.solve` (method, tolerances, ``adjoint``: an
+    ``ndode.BacksolveAdjoint`` or ``True`` for the default one). ``adjoint=False`` in a call solves without it.
     After each solve ``self.last`` holds its :class:`ndode.SolverStats` (NFE forward and, once
     ``backward()`` has run through an adjoint solve, backward).
     """
@@ -134,6 +135,8 @@ class CNF(nn.Module):
         self.dynamics, self.t1, self.base_var = dynamics, float(t1), float(base_var)
         self.dim = dynamics.dim
         self.solver = dict(solver or {"method": "dopri5", "rtol": 1e-5, "atol": 1e-5})
+        if self.solver.get("adjoint") is True:
+            self.solver["adjoint"] = ndode.BacksolveAdjoint()
         self.last = None
 
     def forward(self, t, state):
@@ -152,8 +155,10 @@ class CNF(nn.Module):
 
     def _solve(self, state, times, adjoint: bool | None):
         kw = dict(self.solver)
-        if adjoint is not None:
-            kw["adjoint"] = adjoint
+        if adjoint is False:
+            kw["adjoint"] = None
+        elif adjoint is True and not isinstance(kw.get("adjoint"), ndode.Adjoint):
+            kw["adjoint"] = ndode.BacksolveAdjoint()
         t = torch.tensor(times, dtype=state[0].dtype, device=state[0].device)
         sol = ndode.solve(self, state, t, **kw)
         self.last = sol.stats
