@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ndode.harness import read_jsonl
+from ndode.harness.config import auto_budget
 from ndode.report.figures import plot_ode_demo, save_figure
 from ndode.report.mnist import plot_fig3
 
@@ -113,8 +114,11 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="results/figures", help="output directory (default: %(default)s)")
     ap.add_argument("--experiment", action="append", choices=sorted(FIGURES), help="only these (repeatable)")
     ap.add_argument("--run", help="run directory name to draw from (one experiment)")
-    ap.add_argument("--budget", help="draw from the default run at this budget (default: cpu)")
+    ap.add_argument("--budget", help="draw from the default run at this budget (default: cpu; auto: paper with CUDA, "
+                    "else cpu, as the runs resolve it)")
     args = ap.parse_args(argv)
+    if args.budget == "auto":
+        args.budget = auto_budget()
     names = args.experiment or sorted(FIGURES)
     status = 0
     for name in names:

@@ -2,6 +2,10 @@
 """Collect run records into tables: results/summary/<experiment>.csv (one row per run) and
 results/tables/<experiment>.md (mean ± std over seeds), for every experiment with a TableSpec.
 
+Unless W&B is disabled (WANDB_MODE=disabled, or runs made with logger=none), each experiment's
+tables and figures (its entry in ndode/report/registry.py) also go to its W&B `summary` run, one
+per (experiment, budget), replaced by the next `make tables` (offline: upload with `make sync`).
+
     python scripts/make_tables.py                      # all experiments under results/runs
     python scripts/make_tables.py --experiment ode_demo --budget cpu
 """
@@ -13,7 +17,9 @@ import sys
 from pathlib import Path
 
 from ndode.harness import atomic_write_text, load_runs
+from ndode.harness.config import auto_budget
 from ndode.report import cnf as C
+from ndode.report.dashboard import publish_summaries
 from ndode.report.mnist import table1, table1_markdown
 from ndode.report.tables import TABLES, markdown_table, runs_table, seed_table
 
@@ -72,17 +78,29 @@ def cnf(part, out: Path) -> list[Path]:
 CUSTOM = {"mnist": mnist, "cnf": cnf}  # experiments whose tables are more than mean ± std of a few metrics
 
 
+def _failed_runs(root, budgets) -> dict:
+    """How many failed runs (status ``failed`` in meta.json) each experiment has: tables leave them out and say so."""
+    runs = load_runs(root, finished_only=False)
+    runs = runs[runs["status"] == "failed"]
+    if budgets and not runs.empty:
+        runs = runs[runs["budget.name"].isin(budgets)]
+    return runs["experiment"].value_counts().to_dict() if not runs.empty else {}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", default="results/runs", help="root of the run records (default: %(default)s)")
     ap.add_argument("--out", default="results", help="writes <out>/summary/*.csv and <out>/tables/*.md")
     ap.add_argument("--experiment", action="append", help="only these experiments (repeatable)")
-    ap.add_argument("--budget", action="append", help="only runs at these budgets (repeatable)")
+    ap.add_argument("--budget", action="append", help="only runs at these budgets (repeatable; auto: paper with CUDA, "
+                    "else cpu, as the runs resolve it)")
     args = ap.parse_args(argv)
+    args.budget = [auto_budget() if b == "auto" else b for b in args.budget or []] or None
     if not Path(args.runs).is_dir():
         print(f"no run records under {args.runs}: run an experiment first (e.g. make demo)", file=sys.stderr)
         return 1
     df = load_runs(args.runs)
+    failed = _failed_runs(args.runs, args.budget)
     if df.empty:
         print(f"no finished runs under {args.runs}", file=sys.stderr)
         return 1
@@ -97,20 +115,27 @@ def main(argv=None) -> int:
     out = Path(args.out)
     (out / "summary").mkdir(parents=True, exist_ok=True)
     (out / "tables").mkdir(parents=True, exist_ok=True)
+    written = []
     for name in wanted:
         part = df[df["experiment"] == name]
+        n_failed = failed.get(name, 0)
+        left_out = f"left out {n_failed} failed run(s) (status 'failed' in their meta.json)" if n_failed else ""
         if part.empty:
-            print(f"{name}: no finished runs, skipped", file=sys.stderr)
+            print(f"{name}: no finished runs, skipped" + (f"; {left_out}" if left_out else ""), file=sys.stderr)
             continue
+        written.append(name)
         if name in CUSTOM:
             paths = CUSTOM[name](part.dropna(axis=1, how="all"), out)  # other experiments' columns
-            print(f"{name}: {len(part)} runs -> " + ", ".join(map(str, paths)))
+            print(f"{name}: {len(part)} runs -> " + ", ".join(map(str, paths)) + (f"; {left_out}" if left_out else ""))
             continue
         spec = TABLES[name]
         csv_path, md_path = out / "summary" / f"{name}.csv", out / "tables" / f"{name}.md"
         atomic_write_text(csv_path, runs_table(part, spec).to_csv(index=False))
-        atomic_write_text(md_path, markdown_table(seed_table(part, spec.by, spec.metrics), spec))
-        print(f"{name}: {len(part)} runs -> {csv_path}, {md_path}")
+        md = markdown_table(seed_table(part, spec.by, spec.metrics), spec)
+        atomic_write_text(md_path, md + (f"\n{left_out[0].upper()}{left_out[1:]}.\n" if left_out else ""))
+        print(f"{name}: {len(part)} runs -> {csv_path}, {md_path}" + (f"; {left_out}" if left_out else ""))
+    for line in publish_summaries(df, written, out, Path(args.runs)):
+        print(line)
     return 0
 
 
