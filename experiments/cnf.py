@@ -11,7 +11,7 @@ What a run does follows from ``data``:
 ``flow`` is ``planar`` (K = ``size`` layers), ``cnf`` (the paper's hypernetwork CNF with M = ``size`` units)
 or ``ffjord`` (an MLP CNF of width ``size``, Hutchinson trace in training, exact trace in evaluation).
 
-    python experiments/cnf.py data=U1 flow=cnf size=32              # budget=cpu by default
+    python experiments/cnf.py data=U1 flow=cnf size=32              # budget=auto: paper with CUDA, else cpu
     python experiments/cnf.py data=moons flow=planar size=64 budget=smoke
     python experiments/cnf.py -m data=U1,U3,U4 flow=planar,cnf size=2,8,32 hydra/launcher=joblib
     make reproduce-cnf BUDGET=cpu JOBS=2
