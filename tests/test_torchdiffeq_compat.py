@@ -1,0 +1,242 @@
+"""torchdiffeq's semantics in ndode (issue 19): each test names the torchdiffeq behaviour it follows.
+
+Written for ndode; nothing here comes from torchdiffeq's own tests (``scripts/torchdiffeq_suite.py`` runs
+those against ndode through a shim, outside this suite).
+"""
+
+import math
+import warnings
+
+import pytest
+import torch
+
+import ndode
+
+D = torch.float64
+FIXED = [m for m, tab in ndode.TABLEAUS.items() if not tab.adaptive]
+ADAPTIVE = [m for m, tab in ndode.TABLEAUS.items() if tab.adaptive]
+
+
+def _field():
+    g = torch.Generator().manual_seed(3)
+    A = (torch.randn(3, 3, generator=g, dtype=D) * 0.6)
+    return lambda t, y: torch.tanh(y @ A) * torch.cos(2 * t) + 0.1 * y
+
+
+# ------------------------------------------------------------------- (1) t.requires_grad with plain odeint
+
+
+@pytest.mark.parametrize("method", list(ndode.TABLEAUS))
+def test_time_gradients_by_direct_backprop_pass_gradcheck(method):
+    # torchdiffeq differentiates odeint's output times by ordinary backprop. ndode: a fixed grid is
+    # differentiated exactly (time rescaled per interval); an adaptive solve gets the exact boundary terms
+    # g_iᵀ f(t_i, y_i) and -aᵀ f(t_0, y_0), which match the finite differences to the solver's tolerance.
+    f = _field()
+    y0 = torch.tensor([0.3, -0.5, 0.8], dtype=D, requires_grad=True)
+    t = torch.tensor([0.1, 0.45, 0.9], dtype=D, requires_grad=True)
+    tol = dict(rtol=1e-8, atol=1e-8) if ndode.TABLEAUS[method].adaptive else {}
+    for ts in (t, t.detach().flip(0).requires_grad_()):
+        assert torch.autograd.gradcheck(lambda y0, t: ndode.odeint(f, y0, t, method=method, **tol), (y0, ts))
+
+
+def test_time_gradients_agree_with_the_adjoint_and_reach_tuple_states():
+    f = _field()
+    t = torch.tensor([0.0, 0.3, 0.7, 1.1], dtype=D, requires_grad=True)
+    y0 = torch.tensor([0.2, 0.1, -0.4], dtype=D, requires_grad=True)
+    w = torch.linspace(0.5, 1.5, 12, dtype=D).view(4, 3)
+    grads = []
+    for solve in (ndode.odeint, lambda *a, **k: ndode.odeint_adjoint(*a, adjoint_params=(), **k)):
+        (ys := solve(f, y0, t, rtol=1e-10, atol=1e-12))
+        grads.append(torch.autograd.grad((ys * w).sum(), (y0, t)))
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-8)
+    # a tuple state: each component's time gradient is its own f · g
+    tup = lambda t, s: (f(t, s[0]), -s[1])  # noqa: E731
+    za, zb = ndode.odeint(tup, (y0, torch.ones(2, dtype=D)), t, rtol=1e-10, atol=1e-12)
+    gt, = torch.autograd.grad(zb.sum(), t)
+    expected = -zb.detach().sum(1)  # d/dt_i Σ y_b(t_i), with y_b' = -y_b
+    expected[0] = -expected[1:].sum()  # t_0 moves the whole decay
+    torch.testing.assert_close(gt, expected, rtol=1e-7, atol=1e-9)
+
+
+# ------------------------------------------------------------------- (2) fixed grid = the output times
+
+
+@pytest.mark.parametrize("method", FIXED)
+def test_fixed_step_without_step_size_steps_on_the_output_times(method):
+    # torchdiffeq: a fixed-step method without step_size takes one step per interval of t
+    seen = []
+    sol = ndode.solve(lambda t, y: (seen.append(float(t)), -y)[1], torch.ones(2, dtype=D), [0.0, 0.5, 0.75, 1.5],
+                      method=method)
+    assert sol.stats.n_accepted == 3
+    for t in (0.0, 0.5, 0.75):
+        assert t in seen
+    # the same as an explicit step_size equal to each interval (here one interval)
+    a = ndode.odeint(lambda t, y: -y, torch.ones(2, dtype=D), [0.0, 0.5], method=method)
+    b = ndode.odeint(lambda t, y: -y, torch.ones(2, dtype=D), [0.0, 0.5], method=method, options={"step_size": 0.5})
+    assert torch.equal(a, b)
+
+
+def test_grid_constructor_refines_the_grid_and_output_times_stay_exact():
+    # torchdiffeq's grid_constructor(func, y0, t) returns the grid; ndode adds the output times to it, so they
+    # are hit exactly (torchdiffeq interpolates there instead)
+    calls = []
+
+    def grid(func, y0, t):
+        calls.append(t.tolist())
+        return torch.linspace(float(t[0]), float(t[-1]), 11, dtype=D)
+
+    x0 = torch.tensor(1.0, dtype=D, requires_grad=True)
+    xs = ndode.odeint(lambda t, x: x, x0, torch.tensor([0.0, 1.0]), method="euler",
+                      options={"grid_constructor": grid})
+    assert abs(float(xs[1].detach()) - 1.1**10) < 1e-12 and calls == [[0.0, 1.0]]
+    xs = ndode.odeint(lambda t, x: x, x0, torch.tensor([0.0, 0.25, 1.0]), method="euler",
+                      options={"grid_constructor": grid})
+    assert abs(float(xs[1].detach()) - 1.1**2 * (1 + 0.05)) < 1e-12  # steps 0, .1, .2, then .2 -> .25
+    # the adjoint's backward solve asks for its own grid, from t[-1] to t[0]
+    calls.clear()
+    xs = ndode.odeint_adjoint(lambda t, x: x, x0, torch.tensor([0.0, 1.0]), method="euler", adjoint_params=(),
+                              options={"grid_constructor": grid})
+    xs[1].backward()
+    assert calls == [[0.0, 1.0], [1.0, 0.0]] and abs(float(x0.grad) - 1.1**10) < 1e-12
+
+
+def test_perturb_evaluates_one_ulp_inside_each_step():
+    # torchdiffeq's perturb=True: the first stage one ulp after the step's start, a stage at its end one ulp before
+    for dtype in (torch.float32, D):
+        for adjoint in (False, True):
+            seen = []
+            x0 = torch.ones(2, dtype=dtype, requires_grad=True)
+            f = lambda t, x: (seen.append(t.item()), -x)[1]  # noqa: E731
+            kw = dict(adjoint_params=()) if adjoint else {}
+            solve = ndode.odeint_adjoint if adjoint else ndode.odeint
+            xs = solve(f, x0, torch.tensor([0.0, 1.0]), method="rk4", options={"step_size": 0.5, "perturb": True}, **kw)
+            assert not {0.0, 0.5, 1.0} & set(seen) and min(seen) > 0 and max(seen) < 1
+            if adjoint:
+                seen.clear()
+                xs.sum().backward()
+                assert not {0.0, 0.5, 1.0} & set(seen)
+            seen.clear()
+            solve(f, x0, torch.tensor([0.0, 1.0]), method="rk4", options={"step_size": 0.5}, **kw)
+            assert {0.0, 0.5, 1.0} <= set(seen)
+
+
+# ------------------------------------------------------------------- (3) options and hooks
+
+
+class _Counting(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(2, 2).double()
+        self.log = []
+
+    def forward(self, t, x):
+        return torch.tanh(self.lin(x)) * torch.sin(5 * t)
+
+
+@pytest.mark.parametrize("method", ["dopri5", "bosh3", "rk4"])
+def test_step_callbacks_forward_and_adjoint(method):
+    # torchdiffeq: callback_step before each attempted step, callback_accept_step / callback_reject_step after it;
+    # the *_adjoint twins for the backward solve; each called as cb(t0, y0, dt)
+    f = _Counting()
+    for name in ("callback_step", "callback_accept_step", "callback_reject_step"):
+        for suffix in ("", "_adjoint"):
+            setattr(f, name + suffix, lambda t0, y0, dt, key=name + suffix: f.log.append((key, float(t0), float(dt))))
+    fixed = not ndode.TABLEAUS[method].adaptive
+    opts = {"step_size": 0.1} if fixed else None
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        sol = ndode.solve(f, torch.tensor([1.0, 2.0], dtype=D), [0.0, 1.0], method=method, options=opts,
+                          rtol=1e-6, atol=1e-8, adjoint=ndode.BacksolveAdjoint())
+    assert bool(w) == fixed  # a fixed grid has no accept/reject: defining those callbacks warns
+    count = lambda key: sum(1 for e in f.log if e[0] == key)  # noqa: E731
+    assert count("callback_step") == sol.stats.n_steps > 0
+    if not fixed:
+        assert count("callback_accept_step") == sol.stats.n_accepted
+        assert count("callback_reject_step") == sol.stats.n_rejected
+    assert count("callback_step_adjoint") == 0
+    sol.ys.sum().backward()
+    assert count("callback_step_adjoint") == sol.stats.n_accepted_backward + sol.stats.n_rejected_backward > 0
+    if fixed:
+        assert count("callback_step") == 10 and count("callback_step_adjoint") == 10
+
+
+def _jumpy():
+    nfe = [0]
+
+    def f(t, x):
+        nfe[0] += 1
+        return -0.5 * x if t < 0.5 else x**2
+
+    return f, nfe
+
+
+@pytest.mark.parametrize("method", ADAPTIVE)
+def test_jump_t_saves_work_and_each_side_sees_its_own_branch(method):
+    # torchdiffeq's jump_t: steps end exactly on the discontinuity; f is evaluated one ulp before it (the step
+    # that ends there) and afresh one ulp after it (the step that starts there)
+    x0 = torch.tensor([1.0, 2.0], dtype=D)
+    f1, nfe1 = _jumpy()
+    a = ndode.odeint(f1, x0, torch.tensor([0.0, 1.0]), rtol=1e-6, atol=1e-6, method=method)
+    f2, nfe2 = _jumpy()
+    b = ndode.odeint(f2, x0, torch.tensor([0.0, 1.0]), rtol=1e-6, atol=1e-6, method=method,
+                     options={"jump_t": torch.tensor([0.5])})
+    assert nfe2[0] < nfe1[0]
+    # closed form: x(.5) = x0 e^{-1/4}, then x' = x² gives x(1) = x(.5) / (1 - x(.5)/2)
+    xh = x0 * math.exp(-0.25)
+    torch.testing.assert_close(b[-1], xh / (1 - 0.5 * xh), rtol=2e-5, atol=0)
+    assert (b[-1] - xh / (1 - 0.5 * xh)).abs().max() < (a[-1] - xh / (1 - 0.5 * xh)).abs().max() + 1e-12
+
+
+def test_step_t_lands_steps_on_given_times():
+    ends = []
+    f = lambda t, y: -y  # noqa: E731
+    f.callback_accept_step = lambda t0, y0, dt: ends.append(float(t0 + dt))
+    ndode.odeint(f, torch.ones(1, dtype=D), [0.0, 2.0], options={"step_t": [0.3, 1.7]})
+    assert 0.3 in ends and 1.7 in ends
+
+
+def test_min_and_max_step_bound_the_steps():
+    # torchdiffeq: steps are clamped to [min_step, max_step]; a step at min_step is accepted whatever its error
+    f = _field()
+    y0 = torch.tensor([0.3, -0.5, 0.8], dtype=D)
+    base = ndode.solve(f, y0, [0.0, 6.0], rtol=1e-9, atol=1e-9)
+    big = ndode.solve(f, y0, [0.0, 6.0], rtol=1e-9, atol=1e-9, options={"min_step": 1.0})
+    assert big.stats.n_accepted <= 7 < base.stats.n_accepted
+    dts = []
+    f.callback_step = lambda t0, y0, dt: dts.append(float(dt))
+    small = ndode.solve(f, y0, [0.0, 6.0], rtol=1e-3, atol=1e-3, options={"max_step": 0.25})
+    assert max(dts) <= 0.25 + 1e-15 and small.stats.n_accepted >= 24
+
+
+def test_norm_callable_sees_the_state_shape_and_drives_the_steps():
+    # torchdiffeq: options["norm"] receives the scaled error shaped like y0 (a tuple for a tuple state)
+    seen = []
+
+    def norm(e):
+        seen.append(tuple(x.shape for x in e) if isinstance(e, tuple) else e.shape)
+        return e[0].abs().max() if isinstance(e, tuple) else e.abs().max()
+
+    ndode.odeint(lambda t, y: y, (torch.tensor(1.0), torch.ones(2, 2)), [0.0, 1.0], options={"norm": norm})
+    assert set(seen) == {((), (2, 2))}
+    f = _field()
+    y0 = torch.tensor([0.3, -0.5, 0.8], dtype=D)
+    n1 = ndode.solve(f, y0, [0.0, 3.0], rtol=1e-6, atol=1e-6, options={"norm": lambda e: e.abs().max()}).stats.nfe
+    n10 = ndode.solve(f, y0, [0.0, 3.0], rtol=1e-6, atol=1e-6, options={"norm": lambda e: 10 * e.abs().max()}).stats.nfe
+    assert n1 < n10
+
+
+def test_adjoint_norm_callable_gets_time_state_adjoint_and_parameter_channels():
+    # torchdiffeq: adjoint_options["norm"] receives (t, *y, *a_y, *a_params), each shaped like its tensor
+    p = (torch.rand(7, dtype=D, requires_grad=True), torch.rand((), dtype=D, requires_grad=True))
+    seen = []
+
+    def norm(parts):
+        seen.append(tuple(x.shape for x in parts))
+        return max(x.abs().max() for x in parts[1:])
+
+    x0 = (torch.tensor(1.0, dtype=D), torch.ones(2, 2, dtype=D))
+    f = lambda t, x: (x[0] * p[1], x[1] * p[0][:4].view(2, 2))  # noqa: E731
+    xs = ndode.odeint_adjoint(f, x0, [0.0, 1.0], adjoint_params=p, adjoint_options={"norm": norm})
+    xs[1].sum().backward()
+    assert set(seen) == {((), (), (2, 2), (), (2, 2), (7,), ())}
