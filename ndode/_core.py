@@ -571,7 +571,7 @@ class _Integrator:
         """Integrate through ``times``; returns the states at ``times``.
 
         With ``on_output`` (the adjoint's jumps), every output time is hit
-        exactly and ``on_output(i, y)`` may replace the state there; the step
+        exactly (as by a tableau without a dense output) and ``on_output(i, y)`` may replace the state there; the step
         size proposal survives the clipping, so output times cost no
         restarts. Steps also end exactly on ``step_t`` and ``jump_t``; after a
         jump time ``f`` is evaluated afresh one ulp past it, and a step ending
@@ -589,6 +589,8 @@ class _Integrator:
                         and direction * (t_end - x) > 0}, key=lambda x: direction * x)
         jumps = set(jumps)
         n_stop, js = len(stops), 0
+        # a tableau without a dense output steps onto every output time (its accuracy, not an interpolant's)
+        stop_at_outputs = on_output is not None or tab.dense is None
         cb_step, cb_accept, cb_reject = self.cb_step, self.cb_accept, self.cb_reject
         min_step, max_step = self.min_step, self.max_step
         y = y0
@@ -611,7 +613,7 @@ class _Integrator:
         while i < n_out:
             if stats.n_accepted + stats.n_rejected >= self.max_num_steps:
                 self._fail(f"max_num_steps={self.max_num_steps} reached before t={times[-1]!r}", t, direction * dt)
-            target = times[i] if on_output is not None else t_end
+            target = times[i] if stop_at_outputs else t_end
             while js < n_stop and direction * (stops[js] - t) <= 0:
                 js += 1
             on_stop = js < n_stop and direction * (stops[js] - target) <= 0

@@ -13,6 +13,7 @@ from ndode.tableau import ButcherTableau, TableauError
 ALL = list(ndode.METHODS)
 ADAPTIVE = [m for m in ALL if ndode.TABLEAUS[m].adaptive]
 FIXED = [m for m in ALL if not ndode.TABLEAUS[m].adaptive]
+DENSE = [m for m in ADAPTIVE if ndode.TABLEAUS[m].dense is not None]  # the others step onto output times
 
 
 def opts_for(method, step=0.01):
@@ -87,7 +88,7 @@ def test_order_of_convergence(method):
     y0 = torch.tensor([1.0, 0.0], dtype=torch.float64)
     T = 10.0
     exact = torch.tensor([math.cos(T), -math.sin(T)], dtype=torch.float64)
-    steps = [0.1, 0.05, 0.025, 0.0125] if tab.order < 5 else [0.4, 0.2, 0.1, 0.05]
+    steps = [0.1, 0.05, 0.025, 0.0125] if tab.order < 5 else [0.4, 0.2, 0.1, 0.05] if tab.order < 8 else [1.0, 0.8, 0.6, 0.5]
     errs = []
     for h in steps:
         y = ndode.odeint(lambda t, y: torch.stack([y[1], -y[0]]), y0, torch.tensor([0.0, T], dtype=torch.float64),
@@ -97,7 +98,7 @@ def test_order_of_convergence(method):
     assert abs(slope - tab.order) < 0.3, (method, slope, errs)
 
 
-@pytest.mark.parametrize("method", ADAPTIVE)
+@pytest.mark.parametrize("method", DENSE)
 def test_dense_output_order(method):
     """The interpolant's local error shrinks like h^(p*+1), p* its order (3 for bosh3, 4 otherwise)."""
     tab = ndode.TABLEAUS[method]
@@ -127,7 +128,9 @@ def test_exponential_decay_and_oscillator(method, dtype, device):
     ys = ndode.odeint(lambda t, y: -lam * y, torch.ones(3, dtype=dtype, device=device), t, rtol=tol, atol=tol,
                       method=method, options=o)
     exact = torch.exp(-t[:, None] * lam)
-    bound = {"euler": 5e-3, "midpoint": 1e-5, "heun": 1e-5}.get(method, 50 * tol if dtype == torch.float64 else 1e-4)
+    # fehlberg2's embedded first-order estimate (coefficient 1/512) underrates its error: a looser bound
+    bound = {"euler": 5e-3, "midpoint": 1e-5, "heun": 1e-5, "heun2": 1e-5, "fehlberg2": 5e-3}.get(
+        method, 50 * tol if dtype == torch.float64 else 1e-4)
     assert ys.dtype == dtype and ys.shape == (7, 3) and ys.device == device
     assert (ys - exact).abs().max() < bound
     # harmonic oscillator y'' = -y
@@ -137,7 +140,7 @@ def test_exponential_decay_and_oscillator(method, dtype, device):
     assert (ys - exact).abs().max() < bound
 
 
-@pytest.mark.parametrize("method", ADAPTIVE)
+@pytest.mark.parametrize("method", [m for m in ADAPTIVE if ndode.TABLEAUS[m].order >= 3])  # 2nd order: 10⁶ steps
 def test_linear_system_against_matrix_exp(method):
     g = torch.Generator().manual_seed(0)
     A = torch.randn(10, 10, generator=g, dtype=torch.float64) / 3 - 0.5 * torch.eye(10, dtype=torch.float64)
@@ -200,7 +203,7 @@ def test_single_output_time_returns_y0():
 # ------------------------------------------------------------------ dense output
 
 
-@pytest.mark.parametrize("method", ADAPTIVE)
+@pytest.mark.parametrize("method", DENSE)
 def test_dense_output_matches_forced_steps(method):
     y0 = torch.tensor([2.0, 0.0], dtype=torch.float64)
     t = torch.linspace(0, 6, 41, dtype=torch.float64)

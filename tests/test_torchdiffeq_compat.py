@@ -240,3 +240,37 @@ def test_adjoint_norm_callable_gets_time_state_adjoint_and_parameter_channels():
     xs = ndode.odeint_adjoint(f, x0, [0.0, 1.0], adjoint_params=p, adjoint_options={"norm": norm})
     xs[1].sum().backward()
     assert set(seen) == {((), (), (2, 2), (), (2, 2), (7,), ())}
+
+
+# ------------------------------------------------------------------- (4) methods
+
+
+def test_torchdiffeq_method_names_exist_and_heun2_is_heun():
+    for name in ("heun2", "heun3", "fehlberg2", "adaptive_heun", "dopri8"):
+        assert name in ndode.METHODS
+    assert ndode.TABLEAUS["heun2"] is ndode.TABLEAUS["heun"]
+    f = _field()
+    y0 = torch.tensor([0.3, -0.5, 0.8], dtype=D)
+    assert torch.equal(ndode.odeint(f, y0, [0.0, 1.0], method="heun2", options={"step_size": 0.1}),
+                       ndode.odeint(f, y0, [0.0, 1.0], method="heun", options={"step_size": 0.1}))
+
+
+def test_dopri8_order_conditions_are_checked_to_order_eight():
+    # a perturbation of one weight that keeps Σb = 1 breaks a higher-order condition: the tableau refuses it
+    from ndode.tableau import ButcherTableau, TableauError
+
+    tab = ndode.TABLEAUS["dopri8"]
+    b = list(tab.b)
+    b[5] += 1e-7
+    b[6] -= 1e-7
+    with pytest.raises(TableauError, match="order"):
+        ButcherTableau("dopri8-bad", 8, c=tab.c, a=tab.a, b=tuple(b))
+
+
+def test_dopri8_reaches_tight_tolerances_with_few_steps():
+    lam = torch.tensor([0.5, 1.0, 2.0], dtype=D)
+    t = torch.linspace(0, 3, 7, dtype=D)
+    s8 = ndode.solve(lambda t, y: -lam * y, torch.ones(3, dtype=D), t, rtol=1e-12, atol=1e-14, method="dopri8")
+    s5 = ndode.solve(lambda t, y: -lam * y, torch.ones(3, dtype=D), t, rtol=1e-12, atol=1e-14, method="dopri5")
+    torch.testing.assert_close(s8.ys, torch.exp(-t[:, None] * lam), rtol=1e-10, atol=1e-12)
+    assert s8.stats.n_accepted < s5.stats.n_accepted / 2 and s8.stats.nfe < s5.stats.nfe
