@@ -274,3 +274,47 @@ def test_dopri8_reaches_tight_tolerances_with_few_steps():
     s5 = ndode.solve(lambda t, y: -lam * y, torch.ones(3, dtype=D), t, rtol=1e-12, atol=1e-14, method="dopri5")
     torch.testing.assert_close(s8.ys, torch.exp(-t[:, None] * lam), rtol=1e-10, atol=1e-12)
     assert s8.stats.n_accepted < s5.stats.n_accepted / 2 and s8.stats.nfe < s5.stats.nfe
+
+
+# ------------------------------------------------------------------- (5) events
+
+
+def _falling(g):
+    return lambda t, y: torch.stack([y[1], -g * torch.ones_like(y[1])])
+
+
+@pytest.mark.parametrize("method, options", [("dopri5", None), ("bosh3", None), ("rk4", {"step_size": 0.05})])
+@pytest.mark.parametrize("adjoint", [False, True])
+def test_odeint_event_time_and_state_with_their_gradients(method, options, adjoint):
+    # torchdiffeq's odeint_event: solve until event_fn(t, y) crosses 0; the event time and the state there are
+    # differentiable. A ball dropped from h0: t* = sqrt(2 h0 / g), v* = -sqrt(2 h0 g)
+    g = torch.tensor(9.81, dtype=D, requires_grad=True)
+    y0 = torch.tensor([2.0, 0.0], dtype=D, requires_grad=True)
+    kw = dict(odeint_interface=ndode.odeint_adjoint, adjoint_params=(g,)) if adjoint else {}
+    te, ys = ndode.odeint_event(_falling(g), y0, torch.tensor(0.0, dtype=D), event_fn=lambda t, y: y[0],
+                                method=method, options=options, rtol=1e-10, atol=1e-10, **kw)
+    h, gv = 2.0, 9.81
+    ts, vs = math.sqrt(2 * h / gv), -math.sqrt(2 * h * gv)
+    assert ys.shape == (2, 2) and torch.equal(ys[0], y0)
+    torch.testing.assert_close(te.detach(), torch.tensor(ts, dtype=D), rtol=1e-9, atol=0)
+    torch.testing.assert_close(ys[1].detach(), torch.tensor([0.0, vs], dtype=D), rtol=1e-8, atol=1e-9)
+    dt_dg, dt_dy = torch.autograd.grad(te, (g, y0), retain_graph=True)
+    torch.testing.assert_close(float(dt_dg), -0.5 * ts / gv, rtol=1e-7, atol=0)
+    torch.testing.assert_close(float(dt_dy[0]), ts / (2 * h), rtol=1e-7, atol=0)
+    dv_dg, dv_dy = torch.autograd.grad(ys[1, 1], (g, y0))
+    torch.testing.assert_close(float(dv_dg), vs / (2 * gv), rtol=1e-7, atol=0)
+    torch.testing.assert_close(float(dv_dy[0]), vs / (2 * h), rtol=1e-7, atol=0)
+
+
+def test_event_backwards_in_time_through_odeint_and_tuple_states():
+    # torchdiffeq: odeint(..., event_fn=...) returns (t_event, ys at [t0, t_event]); reverse time from t[1] < t[0]
+    y0 = torch.tensor([1.0], dtype=D, requires_grad=True)
+    te, ys = ndode.odeint(lambda t, y: y, y0, torch.tensor([0.0, -1.0], dtype=D),
+                          event_fn=lambda t, y: y[0] - 0.5)  # y = e^t = 1/2 at t = -ln 2
+    torch.testing.assert_close(float(te), -math.log(2.0), rtol=1e-7, atol=0)
+    assert abs(float(torch.autograd.grad(te, y0)[0]) + 1.0) < 1e-6  # t* = ln(1/2 / y0)  =>  dt*/dy0 = -1/y0
+    te2, (a, b) = ndode.odeint_event(lambda t, y: (y[0], -y[1]), (y0, torch.ones(1, dtype=D)), 0.0,
+                                     event_fn=lambda t, y: y[1][0] - 0.25)
+    torch.testing.assert_close(float(te2), math.log(4.0), rtol=1e-7, atol=0)
+    assert a.shape == (2, 1) and abs(float(a[1]) - 4.0) < 1e-6
+
