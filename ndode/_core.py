@@ -35,6 +35,7 @@ from typing import Callable
 
 import torch
 
+from .scipy_solver import SCIPY_METHOD, ScipyIntegrator, check_scipy_options
 from .tableau import TABLEAUS, ButcherTableau
 
 __all__ = ["Solution", "SolverStats", "SolverError", "Adjoint", "METHODS"]
@@ -84,8 +85,10 @@ class Solution:
 
 
 def _check_method(method, arg="method") -> ButcherTableau:
+    if method == SCIPY_METHOD.name:
+        return SCIPY_METHOD  # SciPy's solve_ivp (ndode.scipy_solver), not a tableau
     if not isinstance(method, str) or method not in TABLEAUS:
-        raise ValueError(f"unknown {arg} {method!r}; known methods: {', '.join(METHODS)}")
+        raise ValueError(f"unknown {arg} {method!r}; known methods: {', '.join(METHODS)}, {SCIPY_METHOD.name}")
     return TABLEAUS[method]
 
 
@@ -121,6 +124,8 @@ def _check_options(options, tab: ButcherTableau, arg="options", also=()) -> dict
     given) always has the key ``step_size`` in the result (``None``: the grid
     is the output times, as torchdiffeq's fixed-grid solvers).
     """
+    if tab is SCIPY_METHOD:
+        return check_scipy_options(options, arg, also)
     if options is None:
         options = {}
     if not isinstance(options, dict):
@@ -736,6 +741,11 @@ class _Plan:
 
     def integrator(self):
         p = self.packing
+        if self.tab is SCIPY_METHOD:
+            if _callbacks(self.func, {}) is not None:
+                warnings.warn("method 'scipy_solver' calls no step callbacks (SciPy takes the steps)", stacklevel=4)
+            return ScipyIntegrator(p.wrap(self.func), self.rtol, self.atol, self.options, self.stats, p.dtype,
+                                   p.device)
         norm = self.options.get("norm")
         norm = p.rms_norm() if norm is None else _user_norm(norm, p.unpack, p.dtype, p.device)
         return _Integrator(p.wrap(self.func), self.tab, self.rtol, self.atol, self.options, self.stats,
@@ -749,6 +759,9 @@ class _Plan:
             integ.check_y0(y0_packed)
             return [y0_packed]
         if "step_size" not in self.options:
+            if self.tab is SCIPY_METHOD:
+                with torch.no_grad():
+                    return integ.solve_adaptive(y0_packed, self.times)
             return integ.solve_adaptive(y0_packed, self.times)
         return integ.solve_fixed(y0_packed, self.times)
 

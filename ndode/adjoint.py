@@ -27,6 +27,7 @@ import torch
 
 from ._core import (Adjoint, Solution, SolverStats, _callbacks, _check_method, _check_options, _check_tol, _Integrator,
                     _max_rms_norm)
+from .scipy_solver import SCIPY_METHOD, ScipyIntegrator
 from .solver import solve
 
 __all__ = ["BacksolveAdjoint", "odeint_adjoint", "ADJOINT_NORMS"]
@@ -137,9 +138,13 @@ class _Adjoint(torch.autograd.Function):
                 norm = _channel_norm(adj.norm, plan.packing.shapes, [p.shape for p in params], dtype, device)
             else:
                 norm = _max_rms_norm((*ysizes, *ysizes) + (tuple(psizes) if adj.norm == "full" else ()))
-            integ = _Integrator(aug_dynamics, adj.tab, adj.rtol, adj.atol, adj.options, bstats, norm,
-                                dtype, device, phase="backward pass",
-                                callbacks=_callbacks(plan.func, adj.options, "_adjoint"))
+            if adj.tab is SCIPY_METHOD:
+                integ = ScipyIntegrator(aug_dynamics, adj.rtol, adj.atol, adj.options, bstats, dtype, device,
+                                        phase="backward pass")
+            else:
+                integ = _Integrator(aug_dynamics, adj.tab, adj.rtol, adj.atol, adj.options, bstats, norm,
+                                    dtype, device, phase="backward pass",
+                                    callbacks=_callbacks(plan.func, adj.options, "_adjoint"))
             aug0 = torch.cat([ys[-1].reshape(-1), grad_ys[-1].reshape(-1),
                               torch.zeros(np_, dtype=dtype, device=device)])
             if want_t:

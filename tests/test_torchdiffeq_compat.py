@@ -318,3 +318,30 @@ def test_event_backwards_in_time_through_odeint_and_tuple_states():
     torch.testing.assert_close(float(te2), math.log(4.0), rtol=1e-7, atol=0)
     assert a.shape == (2, 1) and abs(float(a[1]) - 4.0) < 1e-6
 
+
+
+# ------------------------------------------------------------------- scipy_solver
+
+
+def test_scipy_solver_behind_the_same_call_and_under_the_adjoint():
+    # torchdiffeq's method="scipy_solver" with options={"solver": ...}: SciPy's solve_ivp, the state's dtype kept;
+    # gradients through odeint_adjoint (SciPy solves the backward pass too)
+    t = torch.linspace(0, 3, 7, dtype=D)
+    lam = torch.tensor([0.5, 1.0, 50.0], dtype=D)  # a stiff component
+    for solver in ("RK45", "Radau", "BDF", "LSODA"):
+        ys = ndode.odeint(lambda t, y: -lam * y, torch.ones(3), t, method="scipy_solver", options={"solver": solver},
+                          rtol=1e-8, atol=1e-10)
+        assert ys.dtype == torch.float32 and ys.shape == (7, 3)
+        torch.testing.assert_close(ys.double(), torch.exp(-t[:, None] * lam), rtol=1e-5, atol=1e-6)
+    A = torch.tensor([[-0.1, 2.0], [-2.0, -0.1]], dtype=D, requires_grad=True)
+    y0 = torch.tensor([[1.0, 0.0]], dtype=D, requires_grad=True)
+    tt = torch.linspace(0, 2, 5, dtype=D, requires_grad=True)
+    f = lambda t, y: torch.mm(y**3, A)  # noqa: E731
+    g_scipy = torch.autograd.grad(ndode.odeint_adjoint(f, y0, tt, method="scipy_solver", adjoint_params=(A,),
+                                                       rtol=1e-9, atol=1e-9, options={"solver": "DOP853"}).sum(),
+                                  (y0, A, tt))
+    g_ours = torch.autograd.grad(ndode.odeint(f, y0, tt, rtol=1e-10, atol=1e-10).sum(), (y0, A, tt))
+    for a, b in zip(g_scipy, g_ours):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    with pytest.raises(ValueError, match=r"options\['solver'\] must be one of RK45, .*, got 'rk4'"):
+        ndode.odeint(f, y0, tt, method="scipy_solver", options={"solver": "rk4"})
