@@ -257,6 +257,8 @@ def odeint_adjoint(
     adjoint_method=None,
     adjoint_options=None,
     adjoint_params=None,
+    *,
+    event_fn=None,
 ):
     """torchdiffeq-compatible adjoint solve: same result as :func:`ndode.odeint`, O(1) memory in the steps.
 
@@ -266,8 +268,16 @@ def odeint_adjoint(
     the forward ones) and ``adjoint_options``, which take the solver options
     plus ``norm``: ``"seminorm"`` (default; the parameter-adjoint channels are
     left out of the error estimate, Kidger et al. 2021) or ``"full"``. The same
-    as ``ndode.solve(..., adjoint=BacksolveAdjoint(rtol=adjoint_rtol, ...)).ys``.
+    as ``ndode.solve(..., adjoint=BacksolveAdjoint(rtol=adjoint_rtol, ...)).ys``. With ``event_fn``: solve until
+    it crosses zero, as :func:`ndode.odeint` with ``event_fn`` (torchdiffeq's event handling), gradients by the adjoint.
     """
+    if event_fn is not None:
+        from .event import _solve_event
+
+        return _solve_event(solve, func, y0, t, event_fn=event_fn, odeint_interface=odeint_adjoint, rtol=rtol,
+                            atol=atol, method=method, options=options, adjoint_rtol=adjoint_rtol,
+                            adjoint_atol=adjoint_atol, adjoint_method=adjoint_method,
+                            adjoint_options=adjoint_options, adjoint_params=adjoint_params)
     adjoint = BacksolveAdjoint(rtol=adjoint_rtol, atol=adjoint_atol, method=adjoint_method,
                                options=adjoint_options, params=adjoint_params)
     return solve(func, y0, t, rtol=rtol, atol=atol, method=method, options=options, adjoint=adjoint).ys

@@ -313,6 +313,9 @@ def test_event_backwards_in_time_through_odeint_and_tuple_states():
                           event_fn=lambda t, y: y[0] - 0.5)  # y = e^t = 1/2 at t = -ln 2
     torch.testing.assert_close(float(te), -math.log(2.0), rtol=1e-7, atol=0)
     assert abs(float(torch.autograd.grad(te, y0)[0]) + 1.0) < 1e-6  # t* = ln(1/2 / y0)  =>  dt*/dy0 = -1/y0
+    te_adj, _ = ndode.odeint_adjoint(lambda t, y: y, y0, torch.tensor([0.0, -1.0], dtype=D), adjoint_params=(),
+                                     event_fn=lambda t, y: y[0] - 0.5)
+    assert abs(float(torch.autograd.grad(te_adj, y0)[0]) + 1.0) < 1e-6
     te2, (a, b) = ndode.odeint_event(lambda t, y: (y[0], -y[1]), (y0, torch.ones(1, dtype=D)), 0.0,
                                      event_fn=lambda t, y: y[1][0] - 0.25)
     torch.testing.assert_close(float(te2), math.log(4.0), rtol=1e-7, atol=0)
