@@ -316,7 +316,11 @@ class _Packing:
                                 f"but y0[{i}] has dtype {self.dtype}")
 
     def rms_norm(self):
-        """Error norm: RMS for a tensor; for tuples, the largest RMS over components (as torchdiffeq)."""
+        """Error norm: RMS for a tensor (of any shape, 0-dim included); for tuples, the largest RMS over
+        components (as torchdiffeq)."""
+        if not self.is_tuple:
+            inv = 1.0 / math.sqrt(max(self.sizes[0], 1))
+            return lambda r: torch.linalg.vector_norm(r) * inv
         return _max_rms_norm(self.sizes)
 
 

@@ -348,3 +348,14 @@ def test_scipy_solver_behind_the_same_call_and_under_the_adjoint():
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
     with pytest.raises(ValueError, match=r"options\['solver'\] must be one of RK45, .*, got 'rk4'"):
         ndode.odeint(f, y0, tt, method="scipy_solver", options={"solver": "rk4"})
+
+
+def test_zero_dim_states_and_float64_times_with_float32_states():
+    # torchdiffeq's test problems use a 0-dim state and float64 times requiring grad with float32 states
+    t = torch.linspace(1.0, 2.0, 4, dtype=D, requires_grad=True)
+    for method in ("dopri5", "tsit5", "rk4"):
+        y = ndode.odeint(lambda t, y: -y, torch.tensor(1.0, requires_grad=True), t, method=method)
+        assert y.shape == (4,) and y.dtype == torch.float32
+        torch.testing.assert_close(y.detach().double(), torch.exp(-(t.detach() - 1.0)), rtol=1e-2 if method == "rk4" else 1e-5, atol=0)
+        (gt,) = torch.autograd.grad(y.sum(), t)
+        assert gt.dtype == D and torch.isfinite(gt).all()
