@@ -87,6 +87,10 @@ class ScipyIntegrator:
         self.stats.n_accepted += max(len(sol.t) - 1, 0) if t_eval is None else 0
         return [torch.as_tensor(col, device=self.device).to(self.dtype).view(shape) for col in sol.y.T]
 
+    def check_y0(self, y0):
+        if not bool(torch.isfinite(y0).all()):
+            raise ValueError("y0 contains non-finite values (nan or inf)")
+
     def solve_adaptive(self, y0, times, on_output=None, event=None):
         if event is not None:
             raise ValueError("method 'scipy_solver' does not solve until an event; use an ndode method")
