@@ -59,6 +59,20 @@ reproduce-mnist: $(STAMP) $(MNIST_RAW) ## MNIST Table 1 + Figure 3: mlp, resnet,
 	$(PY) scripts/make_figures.py --experiment mnist --budget $(BUDGET)
 	$(PY) scripts/make_tables.py --experiment mnist --budget $(BUDGET)
 
+# CNF (paper §4): Figure 4 (targets U1, U3, U4; K = M = 2, 8, 32), Figure 5 (Two Circles, Two Moons; 64 layers/units)
+# and the FFJORD toys. At BUDGET=cpu one seed for Figure 4 and the toys, two for Figure 5 (docs/cnf.md).
+CNF_FIG4_SEEDS ?= $(SEEDS)
+CNF_FIG5_SEEDS ?= 0,1
+CNF_TOY_SEEDS ?= $(SEEDS)
+CNF_RUN = $(PY) experiments/cnf.py -m budget=$(BUDGET) hydra/launcher=joblib hydra.launcher.n_jobs=$(JOBS)
+
+reproduce-cnf: $(STAMP) ## CNF vs planar flows (Figures 4, 5) and FFJORD toys at BUDGET: runs, then tables and figures
+	$(CNF_RUN) data=U1,U3,U4 flow=cnf,planar size=32,8,2 seed=$(CNF_FIG4_SEEDS)
+	$(CNF_RUN) data=circles,moons flow=cnf,planar size=64 seed=$(CNF_FIG5_SEEDS)
+	$(CNF_RUN) data=8gaussians,checkerboard,pinwheel,2spirals,rings flow=ffjord size=64 seed=$(CNF_TOY_SEEDS)
+	$(PY) scripts/make_figures.py --experiment cnf --budget $(BUDGET)
+	$(PY) scripts/make_tables.py --experiment cnf --budget $(BUDGET)
+
 demo: $(STAMP) ## learn a spiral ODE from noisy samples (cpu budget, ~1-2 min): results/figures/ode_demo.png, results/tables/ode_demo.md
 	$(PY) experiments/ode_demo.py budget=cpu seed=0
 	$(PY) scripts/make_figures.py --experiment ode_demo
@@ -82,4 +96,4 @@ DASHBOARD_ARGS ?=
 dashboard: $(DASH_STAMP) ## W&B report of every paper table and figure, cpu runs unless BUDGET= (needs a W&B key; DASHBOARD_ARGS=--dry-run: outline)
 	$(PY) scripts/wandb_dashboard.py --budget $(if $(filter file,$(origin BUDGET)),cpu,$(BUDGET)) $(DASHBOARD_ARGS)
 
-reproduce: reproduce-mnist ## every experiment reproduced so far (MNIST; the CNF and latent-ODE targets come with their experiments)
+reproduce: reproduce-mnist reproduce-cnf ## every experiment reproduced so far (MNIST, CNF; the latent-ODE target comes with its experiment)

@@ -11,6 +11,7 @@ TITLES = {
     "adjoint_memory": "4. Adjoint memory vs number of solver steps (the O(1)-memory claim)",
     "batch_coupling": "5. Batch coupling: one step size for a whole batch (beyond the paper)",
     "adjoint_nfe": "6. Backward NFE with 100 output times (latent-ODE-like solve)",
+    "cnf_step": "7. CNF training iteration (the paper's Figure 5 CNF, width 64, batch 512, tol 1e-5, adjoint)",
     "checkpoint_adjoint": "8. Checkpointed adjoint vs backsolve adjoint vs direct backprop (latent-ODE dynamics, MNIST ODE-Net)",
 }
 

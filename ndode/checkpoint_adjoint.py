@@ -30,7 +30,7 @@ from typing import Sequence
 
 import torch
 
-from ._core import Adjoint, Solution, SolverStats, _Integrator
+from ._core import SCIPY_METHOD, Adjoint, Solution, SolverStats, _Integrator
 from .adjoint import _check_adjoint_params
 
 __all__ = ["CheckpointAdjoint"]
@@ -200,6 +200,9 @@ class _Checkpointed(torch.autograd.Function):
         return (None, None, grad_t, grad_y0, *grad_params)
 
 
+_NOT_RECOMPUTED = ("perturb", "jump_t", "step_t", "grid_constructor")
+
+
 class CheckpointAdjoint(Adjoint):
     """Exact gradients of the discrete solve by recomputation: ``ndode.solve(..., adjoint=CheckpointAdjoint())``.
 
@@ -230,6 +233,13 @@ class CheckpointAdjoint(Adjoint):
                 + (f", params=<{len(self.params)} tensors>)" if self.params is not None else ")"))
 
     def run(self, plan, y0) -> Solution:
+        # The backward pass recomputes each recorded step with the plain stepping routine; options that change a
+        # step beyond (t, h, y) would make the recomputation differ from the forward solve, so they are refused.
+        unsupported = sorted(k for k in _NOT_RECOMPUTED if plan.options.get(k) is not None and plan.options.get(k) is not False)
+        if unsupported or plan.tab is SCIPY_METHOD:
+            what = ", ".join(f"options[{k!r}]" for k in unsupported) or "method='scipy_solver'"
+            raise ValueError(f"CheckpointAdjoint does not support {what}: it recomputes the plain Runge-Kutta steps "
+                             "in reverse; use the backsolve adjoint (ndode.BacksolveAdjoint) for these")
         params = _check_adjoint_params(plan.func, self.params)
         ys = _Checkpointed.apply(plan, self.max_stored_steps, plan.ts, plan.packing.pack(y0), *params)
         return plan.solution(ys)

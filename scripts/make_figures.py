@@ -4,6 +4,8 @@
 ode_demo: results/figures/ode_demo.png, from the arrays saved by the chosen run
 (default: the cpu-budget run with default settings and seed 0, as `make demo` makes it).
 mnist: results/figures/mnist_fig3.png (the paper's Figure 3) from the ODE-Net run's sweep and metrics.
+cnf: results/figures/cnf_fig4.png, cnf_fig5.png, cnf_toy.png from the arrays and records of every finished cnf run
+at the budget (default cpu), the lowest seed's arrays for the density panels.
 
     python scripts/make_figures.py
     python scripts/make_figures.py --experiment ode_demo --run "budget=cpu,seed=0"
@@ -48,7 +50,62 @@ def mnist(runs: Path, out: Path, run: str | None, budget: str | None = None) -> 
     return [save_figure(fig, out / "mnist_fig3.png")]
 
 
-FIGURES = {"ode_demo": ode_demo, "mnist": mnist}
+def cnf(runs: Path, out: Path, run: str | None, budget: str | None = None) -> list[Path]:
+    """Figures 4 and 5 and the FFJORD toy grid, from every finished cnf run at ``budget`` (default cpu)."""
+    import pandas as pd
+
+    from ndode.harness import load_runs
+    from ndode.report import cnf as C
+
+    if run is not None:
+        raise ValueError("cnf figures combine many runs; use --budget, not --run")
+    budget = budget or "cpu"
+    root = runs / "cnf"
+    df = load_runs(root) if root.is_dir() else pd.DataFrame()
+    if not df.empty:
+        df = df[df["budget.name"] == budget]
+    if df.empty:
+        raise FileNotFoundError(f"no finished cnf runs at budget={budget} under {root} "
+                                f"(run `make reproduce-cnf BUDGET={budget}` first)")
+    df = df.sort_values("seed", kind="stable")
+
+    def arrays(rows, key):
+        got = {}
+        for _, r in rows.iterrows():
+            k = key(r)
+            path = Path(r["run_dir"]) / "arrays" / "cnf.npz"
+            if k not in got and path.exists():
+                with np.load(path) as z:
+                    got[k] = dict(z)
+        return got
+
+    paths = []
+    dens = df[df["task"] == "density"]
+    if len(dens):
+        a = arrays(dens, lambda r: (r["data"], r["flow"], int(r["size"])))
+        fig = C.plot_fig4(a, C.fig4_table(df), title=f"Density matching (paper Figure 4), budget={budget}: "
+                          "target, planar flows (K layers), CNFs (M units), final KL")
+        paths.append(save_figure(fig, out / "cnf_fig4.png"))
+    fig5 = df[df["data"].isin(C.FIG5_DATA) & df["flow"].isin(["planar", "cnf"])]
+    if len(fig5):
+        a = arrays(fig5, lambda r: (r["data"], r["flow"]))
+        fig = C.plot_fig5(a, title=f"Noise to data (paper Figure 5), budget={budget}: planar flow K=64 vs CNF M=64, "
+                          "density and samples along the flow")
+        paths.append(save_figure(fig, out / "cnf_fig5.png"))
+    toys = df[df["flow"] == "ffjord"]
+    if len(toys):
+        a = arrays(toys, lambda r: r["data"])
+        recs = []
+        for _, r in toys.drop_duplicates("data").iterrows():
+            records = read_jsonl(Path(r["run_dir"]) / "metrics.jsonl")
+            rec = pd.DataFrame([x for x in records if x.get("kind") == "train"])
+            recs.append(rec.assign(dataset=r["data"]))
+        fig = C.plot_toy(a, pd.concat(recs), C.toy_table(df), title=f"FFJORD toy densities, budget={budget}")
+        paths.append(save_figure(fig, out / "cnf_toy.png"))
+    return paths
+
+
+FIGURES = {"ode_demo": ode_demo, "mnist": mnist, "cnf": cnf}
 
 
 def main(argv=None) -> int:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from ndode.harness import atomic_write_text, load_runs
 from ndode.harness.config import auto_budget
+from ndode.report import cnf as C
 from ndode.report.dashboard import publish_summaries
 from ndode.report.mnist import table1, table1_markdown
 from ndode.report.tables import TABLES, markdown_table, runs_table, seed_table
@@ -35,7 +36,46 @@ def mnist(part, out: Path) -> list[Path]:
     return paths
 
 
-CUSTOM = {"mnist": mnist}  # experiments whose tables are more than mean ± std of a few metrics
+def cnf(part, out: Path) -> list[Path]:
+    """Figures 4 and 5 and the FFJORD toys: results/tables/cnf_{fig4_loss,fig5_nll,toy_nll}.{md,csv}."""
+    budgets = sorted(set(part["budget.name"]))
+    if len(budgets) > 1:
+        raise ValueError(f"cnf runs at several budgets {budgets}: choose one with --budget")
+    budget, paths = budgets[0], []
+
+    def steps(rows) -> dict:
+        return {f"{C.MODEL_LABELS.get(f, f)}": int(s) for f, s in rows.groupby("flow")["steps"].max().items()}
+
+    def first(col, rows):
+        return int(rows[col].iloc[0]) if len(rows) else "–"
+
+    dens = part[part["task"] == "density"]
+    mle = part[part["data"].isin(C.FIG5_DATA)]
+    f4, f5 = C.fig4_table(part), C.fig5_table(part)
+    checks = C.claims(f4, f5)
+    outputs = [("cnf_fig4_loss", f4, lambda: C.fig4_markdown(f4, checks, budget, first("budget.kl_samples", dens),
+                                                             steps(dens))),
+               ("cnf_fig5_nll", f5, lambda: C.fig5_markdown(f5, checks, budget, first("budget.test_size", mle),
+                                                            steps(mle)))]
+    toys = part[part["flow"] == "ffjord"]
+    if len(toys):
+        tt = C.toy_table(part)
+        outputs.append(("cnf_toy_nll", tt, lambda: C.toy_markdown(tt, budget, first("budget.test_size", toys),
+                                                                  first("steps", toys))))
+    for name, table, md in outputs:
+        if table.empty:
+            continue
+        paths += [out / "tables" / f"{name}.md", out / "tables" / f"{name}.csv"]
+        atomic_write_text(paths[-2], md())
+        atomic_write_text(paths[-1], table.to_csv(index=False))
+    keep = [c for c in part.columns if not c.startswith(("logger.", "budget.plan.")) and c not in ("run_root", "quiet",
+                                                                                                   "run_dir")]
+    paths.append(out / "summary" / "cnf.csv")
+    atomic_write_text(paths[-1], part[keep].to_csv(index=False))
+    return paths
+
+
+CUSTOM = {"mnist": mnist, "cnf": cnf}  # experiments whose tables are more than mean ± std of a few metrics
 
 
 def _failed_runs(root, budgets) -> dict:

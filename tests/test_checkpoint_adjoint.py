@@ -232,3 +232,12 @@ def test_revolve_holds_at_most_the_cap_in_the_backward_pass(cap, monkeypatch):
     backward[0] = True
     sol.ys[-1].sum().backward()
     assert 0 < peak[0] <= (cap - 1) + 2 and sol.stats.n_accepted_backward == 60
+
+
+@pytest.mark.parametrize("options", [{"jump_t": [0.5]}, {"grid_constructor": lambda f, y0, t: t}])
+def test_options_the_recomputation_cannot_follow_are_refused(options):
+    f = torch.nn.Linear(2, 2).double()
+    y0 = torch.ones(3, 2, dtype=torch.float64)
+    with pytest.raises(ValueError, match="CheckpointAdjoint does not support options"):
+        ndode.solve(lambda t, y: f(y), y0, [0.0, 1.0], method="dopri5" if "jump_t" in options else "rk4",
+                    options=options, adjoint=ndode.CheckpointAdjoint(params=list(f.parameters())))

@@ -219,14 +219,14 @@ def test_outline_sections_runs_and_keys():
 
 
 def test_outline_of_an_unknown_experiment_fails_and_a_new_entry_needs_no_dashboard_edit():
-    with pytest.raises(KeyError, match="no dashboard entry for \\['cnf'\\]"):
-        outline(REGISTRY, RUNS, "cpu", ["cnf"])
-    reg = dict(REGISTRY, cnf=Experiment(
-        name="cnf", title="CNF", tables=("tables/cnf_nll.csv",), metrics=("nll",),
-        sections=(Section("NLL", (View("table", ("tables/cnf_nll",), "summary"),)),)))
-    runs = pd.concat([RUNS, pd.DataFrame({"experiment": ["cnf"], "budget": ["cpu"], "run": ["budget=cpu,seed=0"]})])
-    (cnf,) = [s for s in outline(reg, runs, "cpu").sections if s.experiment == "cnf"]
-    assert cnf.title == "NLL" and cnf.runs == ("budget=cpu,seed=0",)
+    with pytest.raises(KeyError, match="no dashboard entry for \\['newexp'\\]"):
+        outline(REGISTRY, RUNS, "cpu", ["newexp"])
+    reg = dict(REGISTRY, newexp=Experiment(
+        name="newexp", title="New", tables=("tables/newexp_nll.csv",), metrics=("nll",),
+        sections=(Section("NLL", (View("table", ("tables/newexp_nll",), "summary"),)),)))
+    runs = pd.concat([RUNS, pd.DataFrame({"experiment": ["newexp"], "budget": ["cpu"], "run": ["budget=cpu,seed=0"]})])
+    (new,) = [s for s in outline(reg, runs, "cpu").sections if s.experiment == "newexp"]
+    assert new.title == "NLL" and new.runs == ("budget=cpu,seed=0",)
     with pytest.raises(ValueError, match="holds only"):  # a summary view must name one of the entry's files
         Experiment(name="x", title="x", sections=(Section("s", (View("table", ("tables/nope",), "summary"),)),))
 

@@ -103,7 +103,7 @@ def test_bad_override_fails_while_composing(override, words):
 @pytest.mark.parametrize("override, words", [
     ("solver.rtol=-1", ["solver.rtol", "-1"]),
     ("solver.adaptive=true solver.method=rk4", ["solver.adaptive", "rk4"]),
-    ("solver.step_size=null solver.method=euler", ["solver.step_size", "euler"]),
+    ("solver.step_size=null solver.method=dopri5 solver.adaptive=false", ["solver.step_size", "dopri5"]),
     ("budget.refine_steps=30", ["budget.refine_steps", "30"]),
     ("optim.name=sgd", ["optim.name", "sgd", "adam"]),
     ("logger.mode=loud", ["logger.mode", "loud", "offline"]),

@@ -37,8 +37,6 @@ def test_unknown_options_and_bad_values_are_named():
         build_mnist_model("odenet", step_size=0.1)
     with pytest.raises(ValueError, match="method='rk45' is not a known solver; choose one of .*dopri5"):
         build_mnist_model("rknet", method="rk45")
-    with pytest.raises(ValueError, match="method='rk4' takes fixed steps"):
-        build_mnist_model("rknet", method="rk4")
     with pytest.raises(ValueError, match=r"step_size=2.0 must be a number in \(0, 1\]"):
         build_mnist_model("rknet", method="rk4", options={"step_size": 2.0})
     with pytest.raises(ValueError, match="downsampling='pool' is not one of 'conv', 'res'"):

@@ -156,8 +156,8 @@ class SolverConfig:
                 f"adaptive methods: {', '.join(n for n, t in TABLEAUS.items() if t.adaptive)}")
         if adaptive and self.rtol == 0 and self.atol == 0:
             raise ConfigError(f"{path}.rtol and {path}.atol are both 0; adaptive {path}.method={tab.name!r} needs one > 0")
-        if not adaptive:
-            if self.step_size is None:
+        if not adaptive:  # a fixed-step method without step_size steps on the output times (torchdiffeq)
+            if self.step_size is None and tab.adaptive:
                 raise ConfigError(
                     f"{path}.step_size is required for a fixed-step solve with {path}.method={tab.name!r} "
                     f"(e.g. {path}.step_size=0.05)")
@@ -289,7 +289,7 @@ def solver_kwargs(solver) -> dict:
     adaptive = tab.adaptive if solver.adaptive is None else bool(solver.adaptive)
     options: dict = {}
     if not adaptive:
-        options["step_size"] = float(solver.step_size)
+        options["step_size"] = None if solver.step_size is None else float(solver.step_size)
     elif solver.max_num_steps is not None:
         options["max_num_steps"] = int(solver.max_num_steps)
     return dict(method=name, rtol=float(solver.rtol), atol=float(solver.atol), options=options or None,

@@ -28,7 +28,7 @@ class ODEBlock(nn.Module):
     ``rtol``/``atol`` are the training tolerances; ``eval_rtol``/``eval_atol``
     (default: the same) apply in ``eval()`` mode, so the test-time tolerance can
     be changed on a trained model (the paper's Figure 3a) with ``set_tolerance``.
-    ``options`` go to the solver (``{"step_size": h}`` for fixed-step methods),
+    ``options`` go to the solver (``{"step_size": h}`` for fixed-step methods; without it one step per block),
     ``adjoint`` is ``"none"``, ``"backsolve"`` or ``"checkpoint"`` (``True``/``False``:
     backsolve/none), or an ``ndode.Adjoint`` object used as it is; ``adjoint_options``
     go to the backsolve adjoint's backward solve (e.g. ``{"norm": "full"}``).
@@ -55,8 +55,6 @@ class ODEBlock(nn.Module):
             raise TypeError(f"ODEBlock needs func to be an nn.Module (its parameters are trained), got {type(func).__name__}")
         if method not in ndode.METHODS:
             raise ValueError(f"method={method!r} is not a known solver; choose one of {', '.join(ndode.METHODS)}")
-        if not ndode.TABLEAUS[method].adaptive and not (options and "step_size" in options):
-            raise ValueError(f"method={method!r} takes fixed steps and needs options={{'step_size': h}}")
         self.func = func
         self.method = method
         self.options = dict(options) if options else None

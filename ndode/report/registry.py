@@ -120,6 +120,32 @@ register(Experiment(
 ))
 
 register(Experiment(
+    name="cnf",
+    title="Planar flows vs CNFs (paper Section 4, Figures 4 and 5) and FFJORD toy densities",
+    tables=("tables/cnf_fig4_loss.csv", "tables/cnf_fig5_nll.csv", "tables/cnf_toy_nll.csv"),
+    figures=("figures/cnf_fig4.png", "figures/cnf_fig5.png", "figures/cnf_toy.png"),
+    metrics=("kl", "nll_test", "nfe_forward", "nfe_backward", "wall_time_s"),
+    reproduce="make reproduce-cnf BUDGET=<budget>",
+    sections=(
+        Section("Figure 4: density matching, KL(q||p) - log Z against K and M",
+                (View("table", ("tables/cnf_fig4_loss",), "summary"),
+                 View("image", ("figures/cnf_fig4",), "summary"),
+                 View("line", ("eval/kl",), title="KL during training")),
+                "Mean ± std over seeds (results/tables/cnf_fig4_loss.csv); targets U1, U3, U4."),
+        Section("Figure 5: maximum likelihood, noise to data",
+                (View("table", ("tables/cnf_fig5_nll",), "summary"),
+                 View("image", ("figures/cnf_fig5",), "summary"),
+                 View("line", ("eval/nll_test",), title="test NLL during training")),
+                "Test NLL in nats, mean ± std over seeds (results/tables/cnf_fig5_nll.csv)."),
+        Section("FFJORD toy densities: test NLL, NFE-F and NFE-B",
+                (View("table", ("tables/cnf_toy_nll",), "summary"),
+                 View("image", ("figures/cnf_toy",), "summary"),
+                 View("line", ("train/nfe_forward",), title="NFE-F"),
+                 View("line", ("train/nfe_backward",), title="NFE-B"))),
+    ),
+))
+
+register(Experiment(
     name="ode_demo",
     title="Spiral ODE demo (torchdiffeq's ode_demo)",
     tables=("summary/ode_demo.csv",),
