@@ -12,7 +12,7 @@ BENCH_STAMP := $(VENV)/.bench-stamp
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 
 .DEFAULT_GOAL := help
-.PHONY: help install test demo reproduce-mnist reproduce-cnf reproduce-latent-ode reproduce tables figures bench bench-quick sync clean-runs
+.PHONY: help install test demo reproduce-mnist reproduce tables figures bench bench-quick sync
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-22s %s\n", $$1, $$2}'

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from ndode.data.mnist import build_mnist_datasets
+from ndode.data.mnist import mnist_datasets
 from ndode.models.mnist import build_mnist_model
 from ndode.models.odeblock import ode_blocks
 
@@ -36,7 +36,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     torch.manual_seed(0)
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    train, _ = build_mnist_datasets(args.root)
+    train, _ = mnist_datasets(args.root)
     loader = torch.utils.data.DataLoader(train, batch_size=128, shuffle=True, drop_last=True)
     model = build_mnist_model("odenet", rtol=args.tol, atol=args.tol)
     block = next(ode_blocks(model))

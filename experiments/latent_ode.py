@@ -267,12 +267,16 @@ class LatentODETask(Task):
         self.nfe = dict(state.get("nfe", self.nfe))
 
     # ---- arrays for Figures 8 and 9 (drawn by scripts/make_figures.py)
-    def make_figures(self, run_dir: Path) -> None:
+    def analyze(self, run_dir: Path) -> dict:
         self.model.eval()
-        with torch.no_grad():
-            arrays = self._figure_arrays()
+        try:
+            with torch.no_grad():
+                arrays = self._figure_arrays()
+        finally:
+            self.model.train()
         (run_dir / "arrays").mkdir(exist_ok=True)
         atomic_save(run_dir / "arrays" / "spirals.npz", lambda tmp: np.savez_compressed(tmp, **arrays))
+        return {"fig9_dim": int(arrays["vary_dim"])} if "vary_dim" in arrays else {}
 
     def _figure_arrays(self, n_show: int = 4, n_latent: int = 100, n_vary: int = 7) -> dict:
         data = self.test

@@ -5,18 +5,14 @@ from .tableau import TABLEAUS, ButcherTableau, TableauError
 
 __all__ = [
     "solve", "odeint", "odeint_adjoint", "Solution", "SolverStats", "SolverError",
-    "METHODS", "TABLEAUS", "ButcherTableau", "TableauError", "load_runs",
+    "METHODS", "TABLEAUS", "ButcherTableau", "TableauError",
 ]
 __version__ = "0.1.0"
 
 
-def __getattr__(name):  # imported lazily to keep `import ndode` light (load_runs needs pandas)
+def __getattr__(name):  # imported lazily: the adjoint is not needed by every user of the core
     if name == "odeint_adjoint":
         from .adjoint import odeint_adjoint
 
         return odeint_adjoint
-    if name == "load_runs":  # every run record under a root -> one DataFrame (the input of all tables/figures)
-        from .harness.collect import load_runs
-
-        return load_runs
     raise AttributeError(f"module 'ndode' has no attribute {name!r}")

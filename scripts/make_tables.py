@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """Collect run records into tables: results/summary/<experiment>.csv (one row per run) and
-results/tables/<experiment>.md (mean ± s.e. over seeds), for every experiment with a TableSpec.
+results/tables/<experiment>.md (mean ± std over seeds), for every experiment with a TableSpec.
 
     python scripts/make_tables.py                      # all experiments under results/runs
     python scripts/make_tables.py --experiment ode_demo --budget cpu
@@ -44,7 +44,7 @@ def latent_ode(part, out: Path) -> list[Path]:
     return paths
 
 
-CUSTOM = {"mnist": mnist, "latent_ode": latent_ode}  # experiments whose tables are more than mean ± s.e. of a few metrics
+CUSTOM = {"mnist": mnist, "latent_ode": latent_ode}  # experiments whose tables are more than mean ± std of a few metrics
 
 
 def main(argv=None) -> int:

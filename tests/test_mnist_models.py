@@ -33,12 +33,14 @@ def test_unknown_model_lists_the_known_ones():
 
 
 def test_unknown_options_and_bad_values_are_named():
-    with pytest.raises(TypeError, match=r"'odenet' does not take option\(s\) adjoint; its options are: dim, .*rtol"):
-        build_mnist_model("odenet", adjoint=False)
+    with pytest.raises(TypeError, match=r"'odenet' does not take option\(s\) step_size; its options are: dim, .*options"):
+        build_mnist_model("odenet", step_size=0.1)
     with pytest.raises(ValueError, match="method='rk45' is not a known solver; choose one of .*dopri5"):
         build_mnist_model("rknet", method="rk45")
-    with pytest.raises(ValueError, match="method='rk4' takes fixed steps: give step_size"):
+    with pytest.raises(ValueError, match="method='rk4' takes fixed steps"):
         build_mnist_model("rknet", method="rk4")
+    with pytest.raises(ValueError, match=r"step_size=2.0 must be a number in \(0, 1\]"):
+        build_mnist_model("rknet", method="rk4", options={"step_size": 2.0})
     with pytest.raises(ValueError, match="downsampling='pool' is not one of 'conv', 'res'"):
         build_mnist_model("resnet", downsampling="pool")
     with pytest.raises(TypeError, match="needs func to be an nn.Module"):
@@ -91,12 +93,13 @@ def test_each_model_trains_a_step_and_evaluates(name):
 
 
 def test_rknet_with_a_fixed_step_method():
-    model = build_mnist_model("rknet", method="rk4", step_size=0.25)
+    model = build_mnist_model("rknet", method="rk4", options={"step_size": 0.25})
     x, y = batch(4)
     nn.functional.cross_entropy(model(x), y).backward()
     block = next(ode_blocks(model))
     assert block.nfe_forward == 4 * 4  # four steps of four stages
     assert block.options == {"step_size": 0.25}
+    assert not block.adjoint and build_mnist_model("odenet", adjoint=False).state_dict().keys() == model.state_dict().keys()
 
 
 def test_test_time_tolerance_changes_without_rebuilding():

@@ -2,7 +2,7 @@
 
 This DataFrame is the single input of all tables and figures. One row per run:
 
-* ``run`` (path relative to the root), ``run_dir`` (absolute), ``run_name``, ``status`` (``done`` or ``unfinished``),
+* ``run`` (path relative to the root), ``run_dir`` (the root as given joined with ``run``: relative when the root is, so committed tables hold no machine paths), ``run_name``, ``status`` (``done`` or ``unfinished``),
 * the resolved config flattened with dots (``solver.method``, ``budget.name``, ``seed``, ...),
 * the summary metrics (``summary.json``, flattened the same way),
 * ``git_commit``, ``git_dirty``, ``started``, ``finished`` from ``meta.json``.
@@ -19,24 +19,13 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from .record import flatten
+
 __all__ = ["load_runs", "RUN_COLUMNS"]
 
 RUN_COLUMNS = ("run", "run_dir", "run_name", "status")
 META_COLUMNS = ("git_commit", "git_dirty", "started", "finished")
 _SKIP_DIRS = {".hydra", "wandb", ".submitit", "figures", "arrays", "__pycache__"}
-
-
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict) and v:
-            out.update(_flatten(v, key + "."))
-        elif isinstance(v, (list, dict)):
-            out[key] = json.dumps(v)  # hashable, so tables can group by it
-        else:
-            out[key] = v
-    return out
 
 
 def _run_dirs(root: Path):
@@ -67,10 +56,10 @@ def load_runs(root: str | os.PathLike, finished_only: bool = True) -> pd.DataFra
         meta = json.loads((d / "meta.json").read_text(encoding="utf-8"))
         summary_path = d / "summary.json"
         summary = json.loads(summary_path.read_text(encoding="utf-8")) if summary_path.exists() else {}
-        row = {"run": d.relative_to(root).as_posix(), "run_dir": str(d.resolve()), "run_name": d.name,
+        row = {"run": d.relative_to(root).as_posix(), "run_dir": d.as_posix(), "run_name": d.name,
                "status": "done" if done else "unfinished"}
-        row.update(_flatten(config))
-        for k, v in _flatten(summary).items():
+        row.update(flatten(config))
+        for k, v in flatten(summary).items():
             if k in row:
                 raise ValueError(f"{d}: summary key {k!r} collides with a config or record column; rename it")
             row[k] = v

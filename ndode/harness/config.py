@@ -196,8 +196,10 @@ def _check_no_extra_keys(node: DictConfig, path: str) -> None:
             raise ConfigError(f"{', '.join(f'{path}.{k}' if path else k for k in extra)}: not an option of {where} "
                               f"({typ.__name__}); options: {sorted(allowed)}")
     for k in node.keys():
-        child = node._get_node(k)
-        if isinstance(child, DictConfig) and not child._is_missing() and not child._is_none():
+        if OmegaConf.is_missing(node, k):
+            continue
+        child = node[k]
+        if isinstance(child, DictConfig):
             _check_no_extra_keys(child, f"{path}.{k}" if path else str(k))
 
 

@@ -33,7 +33,7 @@ from typing import Any, Iterable
 import yaml
 
 __all__ = ["RunRecord", "RunRecordError", "atomic_write_text", "atomic_write_bytes", "atomic_save", "read_jsonl",
-           "package_versions", "git_state", "now_iso"]
+           "package_versions", "git_state", "now_iso", "flatten"]
 
 CONFIG, META, METRICS, SUMMARY, CHECKPOINT, DONE = (
     "config.yaml", "meta.json", "metrics.jsonl", "summary.json", "checkpoint.pt", "done")
@@ -102,6 +102,21 @@ def _clean(x):
 
 def dumps(obj, **kw) -> str:
     return json.dumps(_clean(obj), default=_json_default, allow_nan=False, **kw)
+
+
+def flatten(d: dict, prefix: str = "") -> dict:
+    """Nested dicts as one level with dotted keys; lists and empty dicts as JSON text (hashable, so
+    tables can group by them and configs compare as values)."""
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, key + "."))
+        elif isinstance(v, (list, dict)):
+            out[key] = json.dumps(v)
+        else:
+            out[key] = v
+    return out
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:

@@ -16,6 +16,7 @@ stride-2 residual blocks), gives 601,482 and 232,970.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections import OrderedDict
 
@@ -147,39 +148,25 @@ def odenet(
     method: str = "dopri5",
     rtol: float = 1e-3,
     atol: float = 1e-3,
-    step_size: float | None = None,
+    options: dict | None = None,
+    adjoint: bool = True,
 ) -> nn.Sequential:
-    """The stem, one ``ODEBlock`` over [0, 1] trained with the adjoint, the head."""
-    return _ode_convnet(dim, downsampling, method, rtol, atol, step_size, adjoint=True)
+    """The stem, one ``ODEBlock`` over [0, 1], the head.
 
-
-def rknet(
-    dim: int = 64,
-    downsampling: str = "conv",
-    method: str = "dopri5",
-    rtol: float = 1e-3,
-    atol: float = 1e-3,
-    step_size: float | None = None,
-) -> nn.Sequential:
-    """ODE-Net's architecture with gradients backpropagated through the Runge-Kutta solver's steps."""
-    return _ode_convnet(dim, downsampling, method, rtol, atol, step_size, adjoint=False)
-
-
-def _ode_convnet(dim, downsampling, method, rtol, atol, step_size, adjoint):
-    if method not in ndode.METHODS:
-        raise ValueError(f"method={method!r} is not a known solver; choose one of {', '.join(ndode.METHODS)}")
-    fixed = not ndode.TABLEAUS[method].adaptive
-    if fixed and step_size is None:
-        raise ValueError(f"method={method!r} takes fixed steps: give step_size (e.g. step_size=0.25)")
+    ``adjoint=True`` is the paper's ODE-Net (gradients by the adjoint, O(1)
+    memory); ``adjoint=False`` its RK-Net (gradients backpropagated through the
+    Runge-Kutta solver's steps). ``options`` go to the solver unchanged
+    (``step_size`` for fixed-step methods, ``max_num_steps``, ...).
+    """
+    step_size = (options or {}).get("step_size")
     if step_size is not None and not (isinstance(step_size, (int, float)) and 0 < step_size <= 1):
         raise ValueError(f"step_size={step_size!r} must be a number in (0, 1] (the block integrates over [0, 1])")
-    options = {"step_size": float(step_size)} if step_size is not None else None
     block = ODEBlock(ConvODEFunc(dim), t0=0.0, t1=1.0, method=method, rtol=rtol, atol=atol,
                      options=options, adjoint=adjoint)
     return _convnet(_downsampling(downsampling, dim), block, dim)
 
 
-MODELS = {"mlp": mlp, "resnet": resnet, "odenet": odenet, "rknet": rknet}
+MODELS = {"mlp": mlp, "resnet": resnet, "odenet": odenet, "rknet": functools.partial(odenet, adjoint=False)}
 
 
 def build_mnist_model(name: str, **cfg) -> nn.Module:

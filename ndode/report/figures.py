@@ -10,12 +10,11 @@ import os
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 from matplotlib.figure import Figure
 
 from ..harness.record import atomic_save
 
-__all__ = ["save_figure", "plot_ode_demo", "plot_curves"]
+__all__ = ["save_figure", "plot_ode_demo"]
 
 TRUE, LEARNED, OBS = "#222222", "#d62728", "#1f77b4"
 
@@ -65,30 +64,5 @@ def plot_ode_demo(a: dict, title: str | None = None) -> Figure:
                xlim=(g[..., 0].min(), g[..., 0].max()), ylim=(g[..., 1].min(), g[..., 1].max()))
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    return fig
-
-
-def plot_curves(records: pd.DataFrame, metric: str, kind: str = "eval", hue: str | None = None,
-                x: str = "step", ylog: bool = False, title: str | None = None) -> Figure:
-    """A metric against the step, from metrics.jsonl records (one line per ``hue`` value).
-
-    ``records`` has columns ``step``, ``kind``, ``metric`` and optionally ``hue``
-    (e.g. the collector's run columns joined onto each run's records).
-    """
-    r = records[records["kind"] == kind]
-    if metric not in r.columns:
-        raise KeyError(f"no {kind!r} records with metric {metric!r}")
-    fig = Figure(figsize=(5, 3.5))
-    ax = fig.subplots()
-    groups = r.groupby(hue, sort=True) if hue else [(None, r)]
-    for label, g in groups:
-        g = g.sort_values(x)
-        ax.plot(g[x], g[metric], label=None if label is None else str(label))
-    ax.set(xlabel=x, ylabel=metric, title=title or f"{kind} {metric}")
-    if ylog:
-        ax.set_yscale("log")
-    if hue:
-        ax.legend(fontsize=8)
     fig.tight_layout()
     return fig

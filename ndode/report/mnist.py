@@ -10,27 +10,70 @@ import math
 
 import pandas as pd
 
-__all__ = ["PAPER_TABLE1", "MODEL_ORDER", "table1", "table1_markdown", "plot_fig3"]
+__all__ = ["PAPER_TABLE1", "MODEL_ORDER", "model_key", "table1", "table1_markdown", "plot_fig3"]
 
 MODEL_ORDER = ("mlp", "resnet", "rknet", "odenet")
 MODEL_LABELS = {"mlp": "1-Layer MLP", "resnet": "ResNet", "rknet": "RK-Net", "odenet": "ODE-Net"}
-# Chen et al. (2018), Table 1: test error (%), parameters, memory, time. (The MLP row is LeCun et al. 1998's.)
+# Chen et al. (2018), Table 1: test error (%), parameters (millions), memory and time orders.
+# (The MLP row is LeCun et al. 1998's.)
 PAPER_TABLE1 = {
-    "mlp": {"error": "1.60%", "params": "0.24 M", "memory": "-", "time": "-"},
-    "resnet": {"error": "0.41%", "params": "0.60 M", "memory": "O(L)", "time": "O(L)"},
-    "rknet": {"error": "0.47%", "params": "0.22 M", "memory": "O(L̃)", "time": "O(L̃)"},
-    "odenet": {"error": "0.42%", "params": "0.22 M", "memory": "O(1)", "time": "O(L̃)"},
+    "mlp": {"paper_error_pct": 1.60, "paper_params_m": 0.24, "paper_memory": "-", "paper_time": "-"},
+    "resnet": {"paper_error_pct": 0.41, "paper_params_m": 0.60, "paper_memory": "O(L)", "paper_time": "O(L)"},
+    "rknet": {"paper_error_pct": 0.47, "paper_params_m": 0.22, "paper_memory": "O(L̃)", "paper_time": "O(L̃)"},
+    "odenet": {"paper_error_pct": 0.42, "paper_params_m": 0.22, "paper_memory": "O(1)", "paper_time": "O(L̃)"},
 }
 MIB = 2**20
 
 
-def _mean_std(values) -> tuple[float, float, int]:
-    v = [float(x) for x in values if x is not None and not (isinstance(x, float) and math.isnan(x))]
-    if not v:
-        return float("nan"), float("nan"), 0
-    m = sum(v) / len(v)
-    sd = math.sqrt(sum((x - m) ** 2 for x in v) / (len(v) - 1)) if len(v) > 1 else float("nan")
-    return m, sd, len(v)
+def _mean_std(x) -> tuple[float, float, int]:
+    """Mean and sample std (ddof=1; NaN for one value) of the finite numbers in ``x``, and their count."""
+    v = pd.to_numeric(pd.Series(x, dtype=object), errors="coerce").dropna()
+    if v.empty:
+        return math.nan, math.nan, 0
+    return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else math.nan, len(v)
+
+
+def model_key(name: str, adjoint) -> str:
+    """Table 1's row of a run: the ODE architecture without the adjoint is RK-Net."""
+    if name == "odenet" and adjoint is not None and not (adjoint is True or str(adjoint).lower() == "true"):
+        return "rknet"
+    return name
+
+
+def table1(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per (budget, model), numbers only: measured values (mean and std over seeds) beside the paper's."""
+    need = ["budget.name", "model.name", "seed", "test_error", "params", "saved_bytes", "step_time_s"]
+    missing = [c for c in need if c not in df.columns]
+    if missing:
+        raise KeyError(f"MNIST runs lack columns {missing}; are these records from experiments/mnist.py?")
+    adjoint = df["solver.adjoint"] if "solver.adjoint" in df else pd.Series([None] * len(df), index=df.index)
+    keys = [model_key(n, a) for n, a in zip(df["model.name"], adjoint)]
+    rows = []
+    for (budget, model), g in df.groupby([df["budget.name"], pd.Series(keys, index=df.index, name="model")],
+                                         sort=False):
+        err, err_sd, n = _mean_std(g["test_error"] * 100)
+        step, step_sd, _ = _mean_std(g["step_time_s"])
+        saved = _mean_std(g["saved_bytes"])[0]
+        grown = _mean_std(g.get("saved_bytes_grown"))[0]
+        rows.append({
+            "budget": budget, "model": model, "label": MODEL_LABELS.get(model, model), "n_seeds": n,
+            "epochs": _mean_std(g.get("epochs"))[0],
+            "test_error_pct_mean": err, "test_error_pct_std": err_sd,
+            "params_m": float(g["params"].iloc[0]) / 1e6,
+            "saved_mib": saved / MIB, "growth": grown / saved,
+            "growth_what": g["growth_what"].iloc[0] if "growth_what" in g else None,
+            "memory_nfe": _mean_std(g.get("memory_nfe"))[0], "memory_nfe_grown": _mean_std(g.get("memory_nfe_grown"))[0],
+            "step_time_s_mean": step, "step_time_s_std": step_sd,
+            "test_time_per_128_s": _mean_std(g.get("test_time_per_128_s"))[0],
+            "nfe_forward": _mean_std(g.get("train_nfe_forward"))[0],
+            "nfe_backward": _mean_std(g.get("train_nfe_backward"))[0],
+            **{k: v for k, v in PAPER_TABLE1.get(model, {}).items()},
+        })
+    out = pd.DataFrame(rows)
+    if out.empty:
+        return out
+    order = out["model"].map(lambda m: MODEL_ORDER.index(m) if m in MODEL_ORDER else 99)
+    return out.assign(_order=order).sort_values(["budget", "_order"]).drop(columns="_order").reset_index(drop=True)
 
 
 def _fmt(mean: float, sd: float, spec: str, unit: str = "") -> str:
@@ -39,61 +82,38 @@ def _fmt(mean: float, sd: float, spec: str, unit: str = "") -> str:
     return f"{mean:{spec}}{unit}" + (f" ± {sd:{spec}}{unit}" if sd == sd else "")
 
 
-def table1(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per (budget, model): measured values (mean ± std over seeds) beside the paper's."""
-    need = ["budget.name", "model.name", "seed", "test_error", "params", "saved_bytes", "step_time_s"]
-    missing = [c for c in need if c not in df.columns]
-    if missing:
-        raise KeyError(f"MNIST runs lack columns {missing}; are these records from experiments/mnist.py?")
-    rows = []
-    for (budget, model), g in df.groupby(["budget.name", "model.name"], sort=False):
-        err, err_sd, n = _mean_std(g["test_error"] * 100)
-        saved, _, _ = _mean_std(g["saved_bytes"])
-        grown, _, _ = _mean_std(g["saved_bytes_grown"]) if "saved_bytes_grown" in g else (float("nan"),) * 3
-        growth = "–"
-        if grown == grown:
-            what = g["growth_what"].iloc[0]
-            if "memory_nfe" in g and g["memory_nfe"].notna().any():
-                nfe0, nfe1 = g["memory_nfe"].mean(), g["memory_nfe_grown"].mean()
-                what = f"{what}: NFE {nfe0:.0f}→{nfe1:.0f}"
-            growth = f"×{grown / saved:.2f} ({what})"
-        step, step_sd, _ = _mean_std(g["step_time_s"])
-        test_t, _, _ = _mean_std(g.get("test_time_per_128_s", pd.Series(dtype=float)))
-        nfe_f, _, _ = _mean_std(g.get("train_nfe_forward", pd.Series(dtype=float)))
-        nfe_b, _, _ = _mean_std(g.get("train_nfe_backward", pd.Series(dtype=float)))
-        epochs = g["epochs"].iloc[0] if "epochs" in g else float("nan")
-        paper = PAPER_TABLE1.get(model, {})
-        rows.append({
-            "budget": budget, "model": MODEL_LABELS.get(model, model), "_order": MODEL_ORDER.index(model)
-            if model in MODEL_ORDER else 99, "seeds": n, "epochs": f"{epochs:.2f}",
-            "test error": _fmt(err, err_sd, ".2f", "%"), "paper error": paper.get("error", "–"),
-            "params": f"{g['params'].iloc[0] / 1e6:.3f} M", "paper params": paper.get("params", "–"),
-            "saved for backward / batch": f"{saved / MIB:.1f} MiB", "growth": growth,
-            "paper memory": paper.get("memory", "–"),
-            "train step": _fmt(step, step_sd, ".3f", " s"), "test / 128 images": _fmt(test_t, float("nan"), ".3f", " s"),
-            "NFE-F / NFE-B": "–" if nfe_f != nfe_f else f"{nfe_f:.1f} / " + ("–" if nfe_b != nfe_b else f"{nfe_b:.1f}"),
-            "paper time": paper.get("time", "–"),
-        })
-    out = pd.DataFrame(rows)
-    if out.empty:
-        return out
-    return out.sort_values(["budget", "_order"]).drop(columns="_order").reset_index(drop=True)
-
-
 def table1_markdown(table: pd.DataFrame) -> str:
     """Markdown for :func:`table1`, with a note on what each column measures."""
-    header = "| " + " | ".join(table.columns) + " |\n| " + " | ".join("---" for _ in table.columns) + " |\n"
-    body = "".join("| " + " | ".join(str(v) for v in row) + " |\n" for row in table.itertuples(index=False))
+    cols = ["budget", "model", "seeds", "epochs", "test error", "paper error", "params", "paper params",
+            "saved for backward / batch", "growth", "paper memory", "train step", "test / 128 images",
+            "NFE-F / NFE-B", "paper time"]
+    lines = ["| " + " | ".join(cols) + " |", "| " + " | ".join("---" for _ in cols) + " |"]
+    for r in table.to_dict("records"):
+        growth = "–"
+        if r["growth"] == r["growth"]:
+            what = r["growth_what"] + (f": NFE {r['memory_nfe']:.0f}→{r['memory_nfe_grown']:.0f}"
+                                       if r["memory_nfe"] == r["memory_nfe"] else "")
+            growth = f"×{r['growth']:.2f} ({what})"
+        nfe = "–" if r["nfe_forward"] != r["nfe_forward"] else (
+            f"{r['nfe_forward']:.1f} / " + ("–" if r["nfe_backward"] != r["nfe_backward"] else f"{r['nfe_backward']:.1f}"))
+        cells = [r["budget"], r["label"], r["n_seeds"], f"{r['epochs']:.2f}",
+                 _fmt(r["test_error_pct_mean"], r["test_error_pct_std"], ".2f", "%"),
+                 _fmt(r.get("paper_error_pct", math.nan), math.nan, ".2f", "%"),
+                 f"{r['params_m']:.3f} M", _fmt(r.get("paper_params_m", math.nan), math.nan, ".2f", " M"),
+                 f"{r['saved_mib']:.1f} MiB", growth, r.get("paper_memory", "–"),
+                 _fmt(r["step_time_s_mean"], r["step_time_s_std"], ".3f", " s"),
+                 _fmt(r["test_time_per_128_s"], math.nan, ".3f", " s"), nfe, r.get("paper_time", "–")]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     note = (
         "\nMeasured: test error on the MNIST test set (10,000 images; smoke budgets use a subset) after the "
-        "budget's schedule (mean ± std over seeds); parameters counted; bytes autograd saves for backward for "
-        "one training batch (128 images at the cpu and paper budgets; parameters "
+        "budget's schedule, mean ± std over seeds (sample std; none shown for one seed); parameters counted; bytes "
+        "autograd saves for backward for one training batch (128 images at the cpu and paper budgets; parameters "
         "excluded), and how they change with depth (ResNet: twice the blocks) or with solver work (RK-Net, "
         "ODE-Net: the trained model at a 100× tighter tolerance, NFE shown) — O(L) and O(L̃) grow, O(1) does not; "
         "median seconds per training step (batch 128, one CPU thread) and per 128 test images; mean NFE per "
         "training batch over the last logging interval (NFE-B: the adjoint's backward solve). Paper columns: "
         "Chen et al. (2018), Table 1.\n")
-    return header + body + note
+    return "\n".join(lines) + "\n" + note
 
 
 def plot_fig3(sweep: pd.DataFrame, train: pd.DataFrame, title: str = ""):
@@ -102,13 +122,11 @@ def plot_fig3(sweep: pd.DataFrame, train: pd.DataFrame, title: str = ""):
     ``sweep``: rows of ``arrays/fig3_sweep.csv`` (tol, nfe_forward, nfe_backward, time_s, rel_error per test
     batch); ``train``: the run's ``kind == "train"`` metric records (epoch, nfe_forward).
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     s = sweep.groupby("tol", as_index=False).mean(numeric_only=True).sort_values("nfe_forward")
-    fig, ax = plt.subplots(1, 4, figsize=(17, 4))
+    fig = Figure(figsize=(17, 4))
+    ax = fig.subplots(1, 4)
     ax[0].plot(s["nfe_forward"], s["rel_error"], "o-")
     ax[0].set(xlabel="NFE forward", ylabel="numerical error (relative, vs tol/1000 solve)", yscale="log",
               title="(a) NFE forward vs numerical error")

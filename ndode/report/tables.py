@@ -1,4 +1,7 @@
-"""Tables: mean ± standard error over seeds, from the collector's DataFrame.
+"""Tables: mean ± standard deviation over seeds, from the collector's DataFrame.
+
+The suite's one statistics convention, in every table: the mean and the sample standard deviation
+(ddof=1; none for a single seed) over seeds, with the number of seeds (``n_seeds``) beside them.
 
 Each experiment declares one :class:`TableSpec` in :data:`TABLES` (which
 config columns identify a row, which summary metrics to report); the
@@ -20,7 +23,7 @@ __all__ = ["TableSpec", "TABLES", "seed_table", "markdown_table", "runs_table"]
 class TableSpec:
     experiment: str
     by: tuple[str, ...]  # config columns identifying a row; budget.name first: a table says its budget
-    metrics: tuple[str, ...]  # summary columns, reported as mean ± s.e. over seeds
+    metrics: tuple[str, ...]  # summary columns, reported as mean ± std over seeds
     labels: dict[str, str] = field(default_factory=dict)  # column -> header
     formats: dict[str, str] = field(default_factory=dict)  # metric -> format spec (default .4g)
     title: str = ""
@@ -35,7 +38,7 @@ TABLES: dict[str, TableSpec] = {
                 "model.cubic_features": "y³ features", "mse_heldout": "held-out MSE",
                 "nfe_forward": "NFE per window batch", "nfe_eval": "NFE t∈[0,25]", "wall_time_s": "time (s)"},
         formats={"mse_heldout": ".3g", "nfe_forward": ".1f", "nfe_eval": ".0f", "wall_time_s": ".1f"},
-        title="Spiral ODE demo: learned dynamics, mean ± s.e. over seeds",
+        title="Spiral ODE demo: learned dynamics, mean ± std over seeds",
     ),
 }
 
@@ -47,10 +50,9 @@ def _require(df: pd.DataFrame, columns, what: str) -> None:
 
 
 def seed_table(df: pd.DataFrame, by, metrics, seed_col: str = "seed") -> pd.DataFrame:
-    """One row per distinct ``by``: ``n`` runs, and ``<metric>_mean`` / ``<metric>_sem`` for each metric.
+    """One row per distinct ``by``: ``n_seeds`` runs, and ``<metric>_mean`` / ``<metric>_std`` for each metric.
 
-    The standard error uses the sample standard deviation (ddof=1); it is NaN
-    for a single run.
+    The standard deviation is the sample one (ddof=1); it is NaN for a single run.
     """
     by, metrics = list(by), list(metrics)
     _require(df, by + metrics + [seed_col], "seed_table")
@@ -58,26 +60,26 @@ def seed_table(df: pd.DataFrame, by, metrics, seed_col: str = "seed") -> pd.Data
     for key, g in df.groupby(by, dropna=False, sort=True):
         key = key if isinstance(key, tuple) else (key,)
         row = dict(zip(by, key))
-        row["n"] = int(g[seed_col].count())
+        row["n_seeds"] = int(g[seed_col].count())
         for m in metrics:
             x = pd.to_numeric(g[m], errors="coerce").dropna()
             row[f"{m}_mean"] = float(x.mean()) if len(x) else math.nan
-            row[f"{m}_sem"] = float(x.std(ddof=1) / math.sqrt(len(x))) if len(x) > 1 else math.nan
+            row[f"{m}_std"] = float(x.std(ddof=1)) if len(x) > 1 else math.nan
         rows.append(row)
-    return pd.DataFrame(rows, columns=by + ["n"] + [f"{m}_{s}" for m in metrics for s in ("mean", "sem")])
+    return pd.DataFrame(rows, columns=by + ["n_seeds"] + [f"{m}_{s}" for m in metrics for s in ("mean", "std")])
 
 
-def _cell(mean: float, sem: float, fmt: str) -> str:
+def _cell(mean: float, std: float, fmt: str) -> str:
     if mean is None or (isinstance(mean, float) and math.isnan(mean)):
         return "–"
-    if sem is None or math.isnan(sem):
+    if std is None or math.isnan(std):
         return format(mean, fmt)
-    return f"{format(mean, fmt)} ± {format(sem, fmt)}"
+    return f"{format(mean, fmt)} ± {format(std, fmt)}"
 
 
 def markdown_table(agg: pd.DataFrame, spec: TableSpec) -> str:
     """A GitHub-Markdown table of a :func:`seed_table` result."""
-    cols = list(spec.by) + ["n"] + list(spec.metrics)
+    cols = list(spec.by) + ["n_seeds"] + list(spec.metrics)
     header = [spec.labels.get(c, c) for c in cols]
     lines = []
     if spec.title:
@@ -85,8 +87,8 @@ def markdown_table(agg: pd.DataFrame, spec: TableSpec) -> str:
     lines += ["| " + " | ".join(header) + " |",
               "|" + "|".join(" --- " if c in spec.by else " ---: " for c in cols) + "|"]
     for _, r in agg.iterrows():
-        cells = [str(r[c]) for c in spec.by] + [str(int(r["n"]))]
-        cells += [_cell(r[f"{m}_mean"], r[f"{m}_sem"], spec.formats.get(m, ".4g")) for m in spec.metrics]
+        cells = [str(r[c]) for c in spec.by] + [str(int(r["n_seeds"]))]
+        cells += [_cell(r[f"{m}_mean"], r[f"{m}_std"], spec.formats.get(m, ".4g")) for m in spec.metrics]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
