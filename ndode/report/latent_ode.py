@@ -136,7 +136,9 @@ def plot_fig8(rnn: dict, latent: dict, title: str | None = None) -> Figure:
         for i in range(n):
             ax = fig.add_subplot(gs[row, i])
             direction = "clockwise" if a["clockwise"][i] else "counter-clockwise"
-            _spiral_panel(ax, a, i, f"{name}: test spiral {i + 1} ({direction})")
+            _spiral_panel(ax, a, i, f"test spiral {i + 1} ({direction})")
+            if i == 0:
+                ax.set_ylabel(name, fontsize=11, fontweight="bold")
             if row == 0 and i == 0:
                 fig.legend(*ax.get_legend_handles_labels(), loc="lower center", ncol=4, fontsize=9,
                            bbox_to_anchor=(0.42, -0.04))
