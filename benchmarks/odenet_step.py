@@ -51,8 +51,8 @@ class NdodeBlock(nn.Module):
 
     def forward(self, x):
         t = torch.tensor([0.0, 1.0], dtype=x.dtype)
-        sol = ndode.solve(self.func, x, t, rtol=TOL, atol=TOL, method="dopri5", adjoint=True,
-                          adjoint_options={"norm": self.norm})
+        sol = ndode.solve(self.func, x, t, rtol=TOL, atol=TOL, method="dopri5",
+                          adjoint=ndode.BacksolveAdjoint(options={"norm": self.norm}))
         self.stats = sol.stats
         return sol.ys[-1]
 

@@ -172,7 +172,7 @@ class ODEDemoTask(Task):
                 "refine_nfe_backward": nfe["backward"] if self.cfg.solver.adjoint else None}
 
     def _trajectory(self):
-        kw = dict(self.solver, adjoint=False)
+        kw = dict(self.solver, adjoint=None)
         return ndode.solve(self.model, self.y_true[0], self.t, **kw)
 
     def evaluate(self) -> dict:

@@ -1,18 +1,15 @@
-"""ndode: an ODE solver and adjoint core for Neural ODEs, and the paper's experiments built on it."""
+"""ndode: an ODE solver and adjoint core for Neural ODEs, and the paper's experiments built on it.
 
-from .solver import METHODS, Solution, SolverError, SolverStats, odeint, solve
+The core's top level knows nothing of the experiments: the run harness and its
+collector live in ``ndode.harness`` (``ndode.harness.load_runs``).
+"""
+
+from .adjoint import BacksolveAdjoint, odeint_adjoint
+from .solver import METHODS, Adjoint, Solution, SolverError, SolverStats, odeint, solve
 from .tableau import TABLEAUS, ButcherTableau, TableauError
 
 __all__ = [
-    "solve", "odeint", "odeint_adjoint", "Solution", "SolverStats", "SolverError",
+    "solve", "odeint", "odeint_adjoint", "BacksolveAdjoint", "Adjoint", "Solution", "SolverStats", "SolverError",
     "METHODS", "TABLEAUS", "ButcherTableau", "TableauError",
 ]
 __version__ = "0.1.0"
-
-
-def __getattr__(name):  # imported lazily: the adjoint is not needed by every user of the core
-    if name == "odeint_adjoint":
-        from .adjoint import odeint_adjoint
-
-        return odeint_adjoint
-    raise AttributeError(f"module 'ndode' has no attribute {name!r}")

@@ -20,22 +20,14 @@ extra channel in every backward step.
 
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import torch
 
-from .solver import (
-    Solution,
-    SolverStats,
-    _check_method,
-    _check_options,
-    _check_tol,
-    _Integrator,
-    _plan,
-)
+from ._core import Adjoint, Solution, SolverStats, _check_method, _check_options, _check_tol, _Integrator, _max_rms_norm
+from .solver import solve
 
-__all__ = ["odeint_adjoint", "solve_adjoint", "ADJOINT_NORMS"]
+__all__ = ["BacksolveAdjoint", "odeint_adjoint", "ADJOINT_NORMS"]
 
 ADJOINT_NORMS = ("seminorm", "full")
 # Measured on the MNIST ODE-Net (README, "Adjoint error control"): same gradients, fewer backward evaluations.
@@ -70,24 +62,6 @@ def _check_adjoint_params(func, adjoint_params) -> tuple[torch.Tensor, ...]:
     return tuple(adjoint_params)
 
 
-def _check_adjoint_options(options, method, fwd_options, fwd_method):
-    """Adjoint options default to the forward solve's; ``norm`` is the adjoint's own."""
-    tab = _check_method(method, "adjoint_method")
-    if options is None:
-        options = dict(fwd_options) if method == fwd_method else {}
-    elif not isinstance(options, dict):
-        raise TypeError(f"adjoint_options must be a dict or None, got {type(options).__name__}")
-    options = dict(options)
-    norm = options.pop("norm", DEFAULT_ADJOINT_NORM)
-    if norm not in ADJOINT_NORMS:
-        raise ValueError(f"adjoint_options['norm'] must be one of {', '.join(ADJOINT_NORMS)}, got {norm!r}")
-    try:
-        options = _check_options(options, tab, "adjoint_options")
-    except ValueError as e:
-        if "unknown adjoint_options" in str(e):
-            raise ValueError(f"{e}, norm") from None
-        raise
-    return tab, options, norm
 
 
 class _Adjoint(torch.autograd.Function):
@@ -120,7 +94,7 @@ class _Adjoint(torch.autograd.Function):
         def f_at(i):  # f(t_i, y_i) at a saved output, for the time gradients
             bstats.nfe += 1
             with torch.no_grad():
-                return func(torch.scalar_tensor(times[i], dtype=dtype, device=device), ys[i])
+                return func(torch.scalar_tensor(times[i], dtype=dtype, device=device), ys[i]).to(dtype)
 
         def aug_dynamics(tt, aug):
             y = aug[:ny].view(shape)
@@ -128,10 +102,15 @@ class _Adjoint(torch.autograd.Function):
             with torch.enable_grad():
                 y = y.detach().requires_grad_(True)
                 fy = func(tt, y)
-                vjp = torch.autograd.grad(fy, (y,) + params, -a, allow_unused=True)
-            parts = [fy.detach().reshape(-1), vjp[0].reshape(-1)]
-            for v, p in zip(vjp[1:], params):
-                parts.append(torch.zeros(p.numel(), dtype=dtype, device=device) if v is None else v.reshape(-1))
+                if fy.dtype != dtype:  # torch.autocast (the forward pass checked func's dtype)
+                    fy = fy.to(dtype)
+                inputs = (y,) + params
+                # a func that ignores y (or everything) has no path to it: autograd says None, the adjoint reads 0
+                vjp = (torch.autograd.grad(fy, inputs, -a, allow_unused=True) if fy.requires_grad
+                       else (None,) * len(inputs))
+            parts = [fy.detach().reshape(-1)]
+            for v, x in zip(vjp, inputs):
+                parts.append(torch.zeros(x.numel(), dtype=dtype, device=device) if v is None else v.reshape(-1))
             return torch.cat(parts)
 
         def on_output(j, aug):
@@ -148,15 +127,11 @@ class _Adjoint(torch.autograd.Function):
         grad_y0 = grad_ys[0]
         grad_params = [torch.zeros_like(p) for p in params]
         if n > 1:
-            # "full": every parameter tensor is its own channel (as torchdiffeq's mixed norm);
-            # "seminorm": the parameter adjoints do not enter the error estimate at all
-            parts = (ny, ny) if adj.norm == "seminorm" else (ny, ny, *psizes)
-            inv = [1.0 / math.sqrt(max(s, 1)) for s in parts]
-
-            def norm(r):
-                return torch.stack([torch.linalg.vector_norm(r[o : o + s]) * w
-                                    for o, s, w in zip(_offsets(parts), parts, inv)]).max()
-
+            # the forward's norm for y and for a alike (the largest RMS over the state's components, so a CNF's
+            # log p is not swamped by z); "full" adds every parameter tensor as its own channel (as torchdiffeq's
+            # mixed norm), "seminorm" leaves the parameter adjoints out of the error estimate
+            ysizes = plan.packing.sizes
+            norm = _max_rms_norm((*ysizes, *ysizes) + (tuple(psizes) if adj.norm == "full" else ()))
             integ = _Integrator(aug_dynamics, adj.tab, adj.rtol, adj.atol, adj.options, bstats, norm,
                                 dtype, device, phase="backward pass")
             aug0 = torch.cat([ys[-1].reshape(-1), grad_ys[-1].reshape(-1),
@@ -168,7 +143,7 @@ class _Adjoint(torch.autograd.Function):
                 if "step_size" in adj.options:
                     out = integ.solve_fixed(aug0, back_times, on_output=on_output)
                 else:
-                    out = integ.solve_adaptive(aug0, back_times, on_output=on_output)[0]
+                    out = integ.solve_adaptive(aug0, back_times, on_output=on_output)
             aug = out[-1]
             grad_y0 = aug[ny : 2 * ny].view(shape)
             grad_params = [g.view_as(p) for g, p in zip(aug[2 * ny :].split(psizes), params)]
@@ -178,46 +153,69 @@ class _Adjoint(torch.autograd.Function):
         return (None, None, grad_t, grad_y0, *grad_params)
 
 
-def _offsets(sizes):
-    out, o = [], 0
-    for s in sizes:
-        out.append(o)
-        o += s
-    return out
+class _Bound:
+    """The backward solve's settings once the forward solve's are known (defaults filled in, all checked)."""
 
-
-class _AdjointConfig:
     def __init__(self, tab, rtol, atol, options, norm):
         self.tab, self.rtol, self.atol, self.options, self.norm = tab, rtol, atol, options, norm
 
 
-def solve_adjoint(
-    func,
-    y0,
-    t: torch.Tensor,
-    *,
-    rtol: float = 1e-7,
-    atol: float = 1e-9,
-    method: str = "dopri5",
-    options: dict | None = None,
-    adjoint_rtol: float | None = None,
-    adjoint_atol: float | None = None,
-    adjoint_method: str | None = None,
-    adjoint_options: dict | None = None,
-    adjoint_params: Sequence[torch.Tensor] | None = None,
-) -> Solution:
-    """Like :func:`ndode.solve`, differentiated by the adjoint method; see :func:`odeint_adjoint`."""
-    plan = _plan(func, y0, t, rtol, atol, method, options)
-    params = _check_adjoint_params(func, adjoint_params)
-    adjoint_method = method if adjoint_method is None else adjoint_method
-    tab, aopts, norm = _check_adjoint_options(adjoint_options, adjoint_method, plan.options, method)
-    arto = plan.rtol if adjoint_rtol is None else _check_tol("adjoint_rtol", adjoint_rtol)
-    aato = plan.atol if adjoint_atol is None else _check_tol("adjoint_atol", adjoint_atol)
-    if tab.adaptive and "step_size" not in aopts and arto == 0 and aato == 0:
-        raise ValueError("adjoint_rtol and adjoint_atol are both 0; the adaptive backward solve needs a positive tolerance")
-    adj = _AdjointConfig(tab, arto, aato, aopts, norm)
-    ys = _Adjoint.apply(plan, adj, t, plan.packing.pack(y0), *params)
-    return Solution(plan.packing.unpack_stack(ys), t, plan.stats)
+class BacksolveAdjoint(Adjoint):
+    """The adjoint method: ``ndode.solve(func, y0, t, adjoint=BacksolveAdjoint(...))``.
+
+    The forward solve runs without building a graph; ``backward()`` solves the
+    adjoint system backwards in time (Chen et al. 2018, Algorithm 1), so memory
+    does not grow with the number of steps. ``rtol``, ``atol``, ``method`` and
+    ``options`` set the backward solve (default: the forward solve's; the
+    forward options only carry over with the forward method). ``options`` take
+    the solver options plus ``norm``: ``"seminorm"`` (default; the
+    parameter-adjoint channels are left out of the error estimate, Kidger et
+    al. 2021) or ``"full"``. ``params`` are the tensors to differentiate
+    (default: the parameters of ``func``, an ``nn.Module``, that require grad).
+    Gradients also reach ``y0`` and every entry of ``t``.
+    """
+
+    def __init__(self, *, rtol: float | None = None, atol: float | None = None, method: str | None = None,
+                 options: dict | None = None, params: Sequence[torch.Tensor] | None = None):
+        # everything that does not depend on the forward solve is checked here, before any work
+        self.rtol = None if rtol is None else _check_tol("adjoint_rtol", rtol)
+        self.atol = None if atol is None else _check_tol("adjoint_atol", atol)
+        if method is not None:
+            _check_method(method, "adjoint_method")
+        self.method = method
+        if options is not None and not isinstance(options, dict):
+            raise TypeError(f"adjoint_options must be a dict or None, got {type(options).__name__}")
+        self.options = None if options is None else dict(options)
+        self.norm = DEFAULT_ADJOINT_NORM if options is None else self.options.pop("norm", DEFAULT_ADJOINT_NORM)
+        if self.norm not in ADJOINT_NORMS:
+            raise ValueError(f"adjoint_options['norm'] must be one of {', '.join(ADJOINT_NORMS)}, got {self.norm!r}")
+        if params is not None:
+            _check_adjoint_params(None, params)
+        self.params = params
+
+    def __repr__(self):
+        opts = dict(self.options or {}, norm=self.norm)
+        return (f"BacksolveAdjoint(rtol={self.rtol}, atol={self.atol}, method={self.method!r}, options={opts}"
+                + (f", params=<{len(self.params)} tensors>)" if self.params is not None else ")"))
+
+    def _bind(self, plan) -> _Bound:
+        method = plan.tab.name if self.method is None else self.method
+        tab = _check_method(method, "adjoint_method")
+        if self.options is None:
+            options = dict(plan.options) if method == plan.tab.name else {}
+        else:
+            options = _check_options(self.options, tab, "adjoint_options", also=("norm",))
+        rtol = plan.rtol if self.rtol is None else self.rtol
+        atol = plan.atol if self.atol is None else self.atol
+        if tab.adaptive and "step_size" not in options and rtol == 0 and atol == 0:
+            raise ValueError("adjoint_rtol and adjoint_atol are both 0; the adaptive backward solve needs a positive tolerance")
+        return _Bound(tab, rtol, atol, options, self.norm)
+
+    def run(self, plan, y0) -> Solution:
+        params = _check_adjoint_params(plan.func, self.params)
+        bound = self._bind(plan)
+        ys = _Adjoint.apply(plan, bound, plan.ts, plan.packing.pack(y0), *params)
+        return plan.solution(ys)
 
 
 def odeint_adjoint(
@@ -241,10 +239,9 @@ def odeint_adjoint(
     solve uses ``adjoint_method``/``adjoint_rtol``/``adjoint_atol`` (default:
     the forward ones) and ``adjoint_options``, which take the solver options
     plus ``norm``: ``"seminorm"`` (default; the parameter-adjoint channels are
-    left out of the error estimate, Kidger et al. 2021) or ``"full"``.
+    left out of the error estimate, Kidger et al. 2021) or ``"full"``. The same
+    as ``ndode.solve(..., adjoint=BacksolveAdjoint(rtol=adjoint_rtol, ...)).ys``.
     """
-    return solve_adjoint(
-        func, y0, t, rtol=rtol, atol=atol, method=method, options=options,
-        adjoint_rtol=adjoint_rtol, adjoint_atol=adjoint_atol, adjoint_method=adjoint_method,
-        adjoint_options=adjoint_options, adjoint_params=adjoint_params,
-    ).ys
+    adjoint = BacksolveAdjoint(rtol=adjoint_rtol, atol=adjoint_atol, method=adjoint_method,
+                               options=adjoint_options, params=adjoint_params)
+    return solve(func, y0, t, rtol=rtol, atol=atol, method=method, options=options, adjoint=adjoint).ys

@@ -1,535 +1,60 @@
-"""The solver core: one explicit Runge–Kutta stepping routine for every tableau.
+"""The public entry points of the solver core: :func:`solve` and the torchdiffeq-shaped :func:`odeint`.
 
-Design notes (why the loop looks the way it does):
-
-* Times and step sizes live on the host as Python floats. An adaptive solver
-  must decide accept/reject on the host anyway, so each attempted step costs
-  exactly one synchronisation (reading the error norm) and nothing else;
-  fixed-step solves synchronise once per output time (a finiteness check).
-* ``func`` is called directly; the loop counts evaluations itself, so
-  statistics need no wrapper around ``func``. Tuple states are the one
-  exception: they are packed into one flat tensor and ``func`` is adapted.
-* Output times do not force steps in adaptive solves: values between steps
-  come from the method's dense output (a 4th-order continuous extension for
-  ``dopri5`` and ``tsit5``, 3rd order for ``bosh3``).
-* The step-size controller follows Hairer, Nørsett & Wanner (I, §II.4) as
-  SciPy's ``RK45`` does (safety 0.9, growth ≤ 10, shrink ≥ 0.2, no growth right
-  after a rejection, RMS norm of the error scaled by ``atol + rtol·max(|y|,|y_new|)``,
-  automatic initial step), so evaluation counts are comparable with SciPy's.
+The machinery (checks, packing of tuple states, the Runge–Kutta loop) lives in
+``ndode._core``, which the adjoint (``ndode.adjoint``) imports too. This module
+never imports the adjoint: a differentiation method is an object handed to
+``solve(..., adjoint=...)`` that runs itself on the core's plan.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable
 
 import torch
 
-from .tableau import TABLEAUS, ButcherTableau
+from ._core import METHODS, Adjoint, Solution, SolverError, SolverStats, _plan
 
-__all__ = ["solve", "odeint", "Solution", "SolverStats", "SolverError", "METHODS"]
-
-METHODS = tuple(TABLEAUS)
-FIXED_OPTIONS = ("step_size",)
-ADAPTIVE_OPTIONS = ("first_step", "max_num_steps", "safety", "min_factor", "max_factor", "step_size")
-DEFAULT_MAX_NUM_STEPS = 1_000_000
-
-
-class SolverError(RuntimeError):
-    """The solve could not continue (step-size underflow, non-finite state, step budget)."""
-
-
-@dataclass
-class SolverStats:
-    """Work done by one solve. ``*_backward`` are filled in by the adjoint's backward pass."""
-
-    nfe: int = 0
-    n_accepted: int = 0
-    n_rejected: int = 0
-    nfe_backward: int | None = None
-    n_accepted_backward: int | None = None
-    n_rejected_backward: int | None = None
-
-    @property
-    def n_steps(self) -> int:
-        return self.n_accepted + self.n_rejected
-
-
-@dataclass
-class Solution:
-    """Result of :func:`solve`: ``ys`` shaped ``[len(t), *y0.shape]`` (a tuple for tuple states)."""
-
-    ys: torch.Tensor | tuple[torch.Tensor, ...]
-    ts: torch.Tensor
-    stats: SolverStats = field(default_factory=SolverStats)
-
-
-# --------------------------------------------------------------------------- validation
-
-
-def _check_method(method, arg="method") -> ButcherTableau:
-    if not isinstance(method, str) or method not in TABLEAUS:
-        raise ValueError(f"unknown {arg} {method!r}; known methods: {', '.join(METHODS)}")
-    return TABLEAUS[method]
-
-
-def _check_tol(name, value) -> float:
-    if isinstance(value, torch.Tensor):
-        if value.numel() != 1:
-            raise TypeError(f"{name} must be a number, got a tensor of shape {tuple(value.shape)}")
-        value = value.item()
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a non-negative finite number, got {value!r}")
-    value = float(value)
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name} must be a non-negative finite number, got {value!r}")
-    return value
-
-
-def _check_options(options, tab: ButcherTableau, arg="options") -> dict:
-    if options is None:
-        options = {}
-    if not isinstance(options, dict):
-        raise TypeError(f"{arg} must be a dict or None, got {type(options).__name__}")
-    allowed = ADAPTIVE_OPTIONS if tab.adaptive else FIXED_OPTIONS
-    unknown = sorted(set(options) - set(allowed))
-    if unknown:
-        kind = "adaptive" if tab.adaptive else "fixed-step"
-        raise ValueError(
-            f"unknown {arg} {unknown} for {kind} method {tab.name!r}; allowed: {', '.join(allowed)}"
-        )
-    out = dict(options)
-
-    def positive(key, integer=False, lo=0.0, hi=math.inf, closed_hi=False):
-        v = out[key]
-        if isinstance(v, torch.Tensor) and v.numel() == 1:
-            v = v.item()
-        ok = not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v)
-        ok = ok and v > lo and (v <= hi if closed_hi else v < hi)
-        if integer:
-            ok = ok and float(v).is_integer()
-        if not ok:
-            rng = f"in ({lo}, {hi}{']' if closed_hi else ')'}" if hi != math.inf else f"> {lo}"
-            raise ValueError(f"{arg}[{key!r}] must be {'an integer' if integer else 'a finite number'} {rng}, got {out[key]!r}")
-        out[key] = int(v) if integer else float(v)
-
-    if not tab.adaptive:
-        if "step_size" not in out or out["step_size"] is None:
-            raise ValueError(
-                f"method {tab.name!r} is fixed-step and needs options={{'step_size': h}}; "
-                f"for error-controlled steps use one of: "
-                + ", ".join(n for n, t in TABLEAUS.items() if t.adaptive)
-            )
-        positive("step_size")
-    elif out.get("step_size") is not None:
-        # an adaptive tableau run on a fixed grid (e.g. RK-Net with dopri5 steps, order studies)
-        positive("step_size")
-        clash = sorted(set(out) - {"step_size"})
-        if clash:
-            raise ValueError(f"{arg} {clash} do not apply with {arg}['step_size'] (a fixed-step solve); pass one or the other")
-    else:
-        out.pop("step_size", None)
-        if out.get("first_step") is not None:
-            positive("first_step")
-        else:
-            out.pop("first_step", None)
-        if "max_num_steps" in out:
-            positive("max_num_steps", integer=True)
-        if "safety" in out:
-            positive("safety", hi=1.0, closed_hi=True)
-        if "min_factor" in out:
-            positive("min_factor", hi=1.0)
-        if "max_factor" in out:
-            positive("max_factor", lo=1.0)
-    return out
-
-
-def _check_t(t) -> list[float]:
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"t must be a 1-D torch.Tensor of times, got {type(t).__name__}")
-    if t.ndim != 1 or t.numel() < 1:
-        raise ValueError(f"t must be a 1-D tensor with at least 1 element, got shape {tuple(t.shape)}")
-    if not t.is_floating_point():
-        raise TypeError(f"t must have a floating dtype, got {t.dtype}")
-    times = t.detach().double().tolist()
-    if not all(math.isfinite(x) for x in times):
-        raise ValueError(f"t must be finite, got {times}")
-    if len(times) > 1:
-        d = [b - a for a, b in zip(times, times[1:])]
-        if not (all(x > 0 for x in d) or all(x < 0 for x in d)):
-            i = next(i for i, x in enumerate(d) if x == 0 or (x > 0) != (d[0] > 0))
-            raise ValueError(
-                "t must be strictly increasing or strictly decreasing; "
-                f"t[{i}]={times[i]!r} and t[{i + 1}]={times[i + 1]!r} break that"
-            )
-    return times
-
-
-class _Packing:
-    """How a tensor or a tuple of tensors maps to the single tensor the loop integrates."""
-
-    def __init__(self, y0):
-        if isinstance(y0, torch.Tensor):
-            self.is_tuple = False
-            self.shapes = (y0.shape,)
-            tensors = (y0,)
-        elif isinstance(y0, (tuple, list)) and len(y0) > 0 and all(isinstance(x, torch.Tensor) for x in y0):
-            self.is_tuple = True
-            self.shapes = tuple(x.shape for x in y0)
-            tensors = tuple(y0)
-        else:
-            raise TypeError(f"y0 must be a tensor or a non-empty tuple of tensors, got {type(y0).__name__}")
-        dtypes = {x.dtype for x in tensors}
-        devices = {x.device for x in tensors}
-        if len(dtypes) > 1 or len(devices) > 1:
-            raise TypeError(f"all tensors of a tuple y0 must share dtype and device, got {dtypes} / {devices}")
-        self.dtype, self.device = tensors[0].dtype, tensors[0].device
-        if not tensors[0].is_floating_point():
-            raise TypeError(f"y0 must have a floating dtype (float32 or float64), got {self.dtype}")
-        self.sizes = tuple(math.prod(s) for s in self.shapes)
-        if not all(bool(torch.isfinite(x).all()) for x in tensors):
-            raise ValueError("y0 contains non-finite values (nan or inf)")
-
-    def pack(self, y):
-        if not self.is_tuple:
-            return y
-        return torch.cat([x.reshape(-1) for x in y])
-
-    def unpack(self, y):
-        if not self.is_tuple:
-            return y
-        return tuple(p.view(s) for p, s in zip(y.split(self.sizes), self.shapes))
-
-    def unpack_stack(self, ys):
-        """[n, total] -> tuple of [n, *shape_i]."""
-        if not self.is_tuple:
-            return ys
-        n = ys.shape[0]
-        return tuple(p.reshape(n, *s) for p, s in zip(ys.split(self.sizes, dim=1), self.shapes))
-
-    def wrap(self, func):
-        if not self.is_tuple:
-            return func
-        unpack, pack = self.unpack, self.pack
-
-        def packed(t, y):
-            return pack(func(t, unpack(y)))
-
-        return packed
-
-    def rms_norm(self):
-        """Error norm: RMS for a tensor; for tuples, the largest RMS over components (as torchdiffeq)."""
-        if not self.is_tuple:
-            inv = 1.0 / math.sqrt(max(self.sizes[0], 1))
-            return lambda r: torch.linalg.vector_norm(r) * inv
-        sizes = self.sizes
-        invs = [1.0 / math.sqrt(max(s, 1)) for s in sizes]
-        return lambda r: torch.stack(
-            [torch.linalg.vector_norm(p) * i for p, i in zip(r.split(sizes), invs)]
-        ).max()
-
-
-def _check_func_output(f, y, where):
-    if not isinstance(f, torch.Tensor):
-        raise TypeError(f"func must return a tensor (or a tuple like y0); at {where} it returned {type(f).__name__}")
-    if f.shape != y.shape:
-        raise ValueError(f"func returned shape {tuple(f.shape)} at {where}, but the state has shape {tuple(y.shape)}")
-    if f.dtype != y.dtype:
-        raise TypeError(f"func returned dtype {f.dtype} at {where}, but the state has dtype {y.dtype}")
-
-
-# --------------------------------------------------------------------------- the loop
-
-
-def _combine(y, h, coeffs, ks):
-    """y + h Σ coeffs_j k_j, skipping zero coefficients; one kernel per non-zero term."""
-    out = y
-    for cj, kj in zip(coeffs, ks):
-        if cj != 0.0:
-            out = torch.add(out, kj, alpha=h * cj)
-    return out
-
-
-def _lincomb(h, coeffs, ks):
-    out = None
-    for cj, kj in zip(coeffs, ks):
-        if cj != 0.0:
-            out = kj * (h * cj) if out is None else torch.add(out, kj, alpha=h * cj)
-    return out
-
-
-class _Integrator:
-    """One solve over a list of host times. Holds no tensors between solves."""
-
-    def __init__(self, func, tab: ButcherTableau, rtol, atol, options, stats: SolverStats, norm, dtype, device,
-                 phase=""):
-        self.func = func
-        self.phase = phase
-        self.tab = tab
-        self.rtol, self.atol = rtol, atol
-        self.opts = options
-        self.stats = stats
-        self.norm = norm
-        self.dtype, self.device = dtype, device
-        self.safety = options.get("safety", 0.9)
-        self.min_factor = options.get("min_factor", 0.2)
-        self.max_factor = options.get("max_factor", 10.0)
-        self.max_num_steps = options.get("max_num_steps", DEFAULT_MAX_NUM_STEPS)
-        if tab.adaptive:
-            self.exponent = -1.0 / (tab.error_order + 1)
-        self._checked = False
-        self._last_t, self._last_tt = None, None
-
-    def _t(self, t):
-        # scalar_tensor: a fill, not a host-to-device copy (no sync on CUDA), ~17% faster at batch 1 than
-        # torch.tensor. Stages at equal times (rk4's two midpoints, dopri5's last two) share one tensor.
-        if t != self._last_t:
-            self._last_t, self._last_tt = t, torch.scalar_tensor(t, dtype=self.dtype, device=self.device)
-        return self._last_tt
-
-    def f(self, t, y):
-        self.stats.nfe += 1
-        out = self.func(self._t(t), y)
-        if not self._checked:
-            _check_func_output(out, y, f"t={t!r}")
-            self._checked = True
-        return out
-
-    def _fail(self, what, t, h):
-        where = f"method {self.tab.name!r}" + (f", {self.phase}" if self.phase else "")
-        raise SolverError(f"{what} at t={t!r}, dt={h!r} ({where})")
-
-    def step(self, t, y, h, k0):
-        """One Runge–Kutta step; returns (y_new, stages)."""
-        tab = self.tab
-        ks = [k0]
-        yi = y
-        for i in range(1, tab.stages):
-            yi = _combine(y, h, tab.a[i], ks)
-            ks.append(self.f(t + tab.c[i] * h, yi))
-        # FSAL: the last stage was evaluated at y_new itself
-        y_new = yi if tab.fsal else _combine(y, h, tab.b, ks)
-        return y_new, ks
-
-    def interpolate(self, y, h, ks, theta):
-        return _combine(y, h, self.tab.dense_weights(theta), ks)
-
-    # ---- fixed grid
-    def solve_fixed(self, y0, times, on_output=None):
-        step_size = self.opts["step_size"]
-        ys = [y0]
-        y = y0
-        for i in range(1, len(times)):
-            ta, tb = times[i - 1], times[i]
-            n = max(1, math.ceil(abs(tb - ta) / step_size * (1 - 1e-12)))
-            h = (tb - ta) / n
-            for j in range(n):
-                t = ta + j * h
-                y, _ = self.step(t, y, h, self.f(t, y))
-                self.stats.n_accepted += 1
-            if not bool(torch.isfinite(y).all()):
-                self._fail("non-finite state (nan or inf)", tb, h)
-            if on_output is not None:
-                jumped = on_output(i, y)
-                y = y if jumped is None else jumped
-            ys.append(y)
-        return ys
-
-    # ---- adaptive
-    def initial_step(self, t0, y0, f0, direction, span):
-        """Hairer, Nørsett & Wanner I, §II.4 (automatic step size selection)."""
-        y0, f0 = y0.detach(), f0.detach()
-        scale = self.atol + y0.abs() * self.rtol
-        d0 = float(self.norm(y0 / scale))
-        d1 = float(self.norm(f0 / scale))
-        if not (math.isfinite(d0) and math.isfinite(d1)):
-            self._fail("func returned non-finite values (nan or inf) at the initial state", t0, 0.0)
-        h0 = 1e-6 if (d0 < 1e-5 or d1 < 1e-5) else 0.01 * d0 / d1
-        h0 = min(h0, span)
-        y1 = torch.add(y0, f0, alpha=direction * h0)
-        with torch.no_grad():
-            f1 = self.f(t0 + direction * h0, y1)
-        d2 = float(self.norm((f1 - f0) / scale)) / h0
-        if not math.isfinite(d2):
-            d2 = math.inf
-        if d1 <= 1e-15 and d2 <= 1e-15:
-            h1 = max(1e-6, h0 * 1e-3)
-        else:
-            h1 = (0.01 / max(d1, d2)) ** (1.0 / (self.tab.error_order + 1))
-        return min(100 * h0, h1, span)
-
-    def solve_adaptive(self, y0, times, dt0=None, on_output=None, f0=None):
-        """Integrate through ``times``; returns (ys, next step-size proposal).
-
-        With ``on_output`` (the adjoint's jumps), every output time is hit
-        exactly and ``on_output(i, y)`` may replace the state there; the step
-        size proposal survives the clipping, so output times cost no
-        restarts.
-        """
-        tab = self.tab
-        t0, t_end = times[0], times[-1]
-        direction = 1.0 if t_end > t0 else -1.0
-        span = abs(t_end - t0)
-        y = y0
-        k = self.f(t0, y0) if f0 is None else f0
-        if dt0 is not None:
-            dt = dt0
-        elif "first_step" in self.opts:
-            dt = self.opts["first_step"]
-        else:
-            dt = self.initial_step(t0, y0, k, direction, span)
-        ys = [y0]
-        i = 1
-        n_out = len(times)
-        t = t0
-        rejected = False
-        nonfinite = False
-        stats = self.stats
-        while i < n_out:
-            if stats.n_accepted + stats.n_rejected >= self.max_num_steps:
-                self._fail(f"max_num_steps={self.max_num_steps} reached before t={times[-1]!r}", t, direction * dt)
-            target = times[i] if on_output is not None else t_end
-            t_next = t + direction * dt
-            clipped = direction * (t_next - target) >= 0
-            if clipped:
-                t_next = target
-            h = t_next - t
-            if abs(h) <= 10 * abs(math.nextafter(t, direction * math.inf) - t):
-                what = "step size underflow"
-                if nonfinite:
-                    what += " after non-finite values (nan or inf) in the state or its derivative"
-                self._fail(what, t, h)
-            y_new, ks = self.step(t, y, h, k)
-            with torch.no_grad():
-                err = _lincomb(h, tab.b_err, ks)
-                scale = torch.maximum(y.abs(), y_new.abs()).mul_(self.rtol).add_(self.atol)
-                err_norm = float(self.norm(err.div_(scale)))
-            if err_norm <= 1.0:
-                stats.n_accepted += 1
-                if err_norm == 0.0:
-                    factor = self.max_factor
-                else:
-                    factor = min(self.max_factor, self.safety * err_norm**self.exponent)
-                if rejected:
-                    factor = min(1.0, factor)
-                rejected = False
-                # outputs inside (t, t_next]
-                while i < n_out and direction * (times[i] - t_next) <= 0:
-                    if times[i] == t_next:
-                        ys.append(y_new)
-                    else:
-                        ys.append(self.interpolate(y, h, ks, (times[i] - t) / h))
-                    i += 1
-                k = ks[-1] if tab.fsal else None
-                if on_output is not None and clipped:
-                    jumped = on_output(i - 1, y_new)
-                    if jumped is not None:
-                        y_new = jumped
-                        ys[-1] = y_new
-                        k = None
-                new_dt = abs(h) * factor
-                dt = max(new_dt, dt) if clipped else new_dt
-                t, y = t_next, y_new
-                if k is None and i < n_out:
-                    k = self.f(t, y)
-            else:
-                stats.n_rejected += 1
-                if math.isfinite(err_norm):
-                    dt = abs(h) * max(self.min_factor, self.safety * err_norm**self.exponent)
-                else:
-                    nonfinite = True
-                    dt = abs(h) * self.min_factor
-                rejected = True
-        return ys, dt
-
-
-# --------------------------------------------------------------------------- entry points
+__all__ = ["solve", "odeint", "Solution", "SolverStats", "SolverError", "Adjoint", "METHODS"]
 
 
 def solve(
     func: Callable,
     y0,
-    t: torch.Tensor,
+    t,
     *,
     rtol: float = 1e-7,
     atol: float = 1e-9,
     method: str = "dopri5",
     options: dict | None = None,
-    adjoint: bool = False,
-    adjoint_rtol: float | None = None,
-    adjoint_atol: float | None = None,
-    adjoint_method: str | None = None,
-    adjoint_options: dict | None = None,
-    adjoint_params: Sequence[torch.Tensor] | None = None,
+    adjoint: Adjoint | None = None,
 ) -> Solution:
     """Solve ``dy/dt = func(t, y)`` from ``y(t[0]) = y0`` and report the values at every ``t``.
 
-    Returns a :class:`Solution` with ``ys`` (``[len(t), *y0.shape]``, or a
-    tuple of such for a tuple ``y0``) and ``stats`` (function evaluations,
-    accepted and rejected steps). ``adjoint=True`` differentiates with the
-    adjoint method (see :func:`ndode.odeint_adjoint`); then ``stats`` also
-    gets the backward pass's counts once ``backward()`` has run.
-    """
-    if adjoint:
-        from .adjoint import solve_adjoint
+    ``t`` is a 1-D tensor of times, or a list of Python floats (times known on
+    the host are never read back from a GPU). Returns a :class:`Solution` with
+    ``ys`` (``[len(t), *y0.shape]``, or a tuple of such for a tuple ``y0``) and
+    ``stats`` (function evaluations, accepted and rejected steps).
 
-        return solve_adjoint(
-            func, y0, t, rtol=rtol, atol=atol, method=method, options=options,
-            adjoint_rtol=adjoint_rtol, adjoint_atol=adjoint_atol, adjoint_method=adjoint_method,
-            adjoint_options=adjoint_options, adjoint_params=adjoint_params,
-        )
-    extra = {k: v for k, v in dict(adjoint_rtol=adjoint_rtol, adjoint_atol=adjoint_atol, adjoint_method=adjoint_method,
-                                    adjoint_options=adjoint_options, adjoint_params=adjoint_params).items() if v is not None}
-    if extra:
-        raise ValueError(f"{sorted(extra)} only apply with adjoint=True (use ndode.odeint_adjoint)")
+    Gradients come from backpropagating through the solver's operations, or,
+    with ``adjoint=ndode.BacksolveAdjoint(...)``, from the adjoint method (see
+    :func:`ndode.odeint_adjoint`); then ``stats`` also gets the backward pass's
+    counts once ``backward()`` has run.
+    """
+    if adjoint is True:
+        raise TypeError("adjoint=True: pass the method, adjoint=ndode.BacksolveAdjoint() "
+                        "(its rtol, atol, method, options and params set the backward solve)")
+    if not (adjoint is None or adjoint is False or isinstance(adjoint, Adjoint)):
+        raise TypeError(f"adjoint must be None or an adjoint method such as ndode.BacksolveAdjoint(), "
+                        f"got {type(adjoint).__name__}")
     plan = _plan(func, y0, t, rtol, atol, method, options)
-    if t.requires_grad:
+    if isinstance(adjoint, Adjoint):
+        return adjoint.run(plan, y0)
+    if isinstance(t, torch.Tensor) and t.requires_grad:
         raise ValueError(
             "t requires grad, but direct backpropagation through odeint differentiates only y0 and the "
             "parameters of func; use ndode.odeint_adjoint for gradients with respect to t"
         )
-    ys = plan.run(plan.packing.pack(y0))
-    return Solution(plan.packing.unpack_stack(torch.stack(ys)), t, plan.stats)
-
-
-@dataclass
-class _Plan:
-    func: Callable
-    tab: ButcherTableau
-    times: list
-    rtol: float
-    atol: float
-    options: dict
-    packing: _Packing
-    stats: SolverStats
-
-    def integrator(self, func=None, norm=None, stats=None):
-        p = self.packing
-        return _Integrator(func or p.wrap(self.func), self.tab, self.rtol, self.atol, self.options,
-                           stats or self.stats, norm or p.rms_norm(), p.dtype, p.device)
-
-    def run(self, y0_packed):
-        if len(self.times) == 1:
-            return [y0_packed]
-        integ = self.integrator()
-        if "step_size" not in self.options:
-            return integ.solve_adaptive(y0_packed, self.times)[0]
-        return integ.solve_fixed(y0_packed, self.times)
-
-
-def _plan(func, y0, t, rtol, atol, method, options) -> _Plan:
-    if not callable(func):
-        raise TypeError(f"func must be callable as func(t, y), got {type(func).__name__}")
-    tab = _check_method(method)
-    rtol = _check_tol("rtol", rtol)
-    atol = _check_tol("atol", atol)
-    if tab.adaptive and rtol == 0 and atol == 0:
-        raise ValueError(f"rtol and atol are both 0; adaptive method {method!r} needs at least one positive tolerance")
-    opts = _check_options(options, tab)
-    packing = _Packing(y0)
-    times = _check_t(t)
-    return _Plan(func, tab, times, rtol, atol, opts, packing, SolverStats())
+    return plan.solution(torch.stack(plan.run(plan.packing.pack(y0))))
 
 
 def odeint(func, y0, t, rtol=1e-7, atol=1e-9, method="dopri5", options=None):

@@ -254,22 +254,19 @@ DOPRI5 = ButcherTableau(
 
 def _tsit5_dense():
     # Tsitouras (2011), §3: b_i(θ) given in factored form; expanded here to powers θ..θ^4.
-    def poly(*coeffs_low_to_high):
-        return tuple(coeffs_low_to_high)
-
     def expand(scale, roots_quadratic=None, linear_roots=(), theta_power=1):
         # returns coefficients of θ^1..θ^4 for scale * θ^p * Π(θ - r) * (θ² + pθ + q)
         coeffs = [0.0] * 5
         coeffs[theta_power] = scale
         for r in linear_roots:
-            coeffs = [(-r * coeffs[k] if k < 5 else 0) + (coeffs[k - 1] if k >= 1 else 0) for k in range(5)]
+            coeffs = [-r * coeffs[k] + (coeffs[k - 1] if k >= 1 else 0) for k in range(5)]
         if roots_quadratic is not None:
             p, q = roots_quadratic
             coeffs = [
                 q * coeffs[k] + (p * coeffs[k - 1] if k >= 1 else 0) + (coeffs[k - 2] if k >= 2 else 0)
                 for k in range(5)
             ]
-        return poly(*coeffs[1:])
+        return tuple(coeffs[1:])
 
     return (
         expand(-1.0530884977290216, (-1.4364028541716351, 0.7139816917074209), (1.3299890189751412,), 1),

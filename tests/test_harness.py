@@ -73,7 +73,7 @@ def test_primary_config_composes_with_groups():
     assert cfg.solver.method.name == "rk4" and cfg.solver.step_size == 0.025
     assert cfg.budget.name == "paper" and cfg.budget.steps > 1000 and cfg.seed == 3
     assert solver_kwargs(cfg.solver) == dict(method="rk4", rtol=1e-5, atol=1e-6, options={"step_size": 0.025},
-                                             adjoint=False)
+                                             adjoint=None)
     assert compose_demo("solver=dopri5_adjoint").solver.adjoint is True
     assert compose_demo("budget=smoke").budget.steps == 30 and compose_demo("budget=smoke").budget.refine_steps == 1
 

@@ -119,18 +119,19 @@ def test_dense_output_order(method):
 
 @pytest.mark.parametrize("method", ALL)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_exponential_decay_and_oscillator(method, dtype):
-    t = torch.linspace(0, 3, 7, dtype=dtype)
-    lam = torch.tensor([0.5, 1.0, 2.0], dtype=dtype)
+def test_exponential_decay_and_oscillator(method, dtype, device):
+    t = torch.linspace(0, 3, 7, dtype=dtype, device=device)
+    lam = torch.tensor([0.5, 1.0, 2.0], dtype=dtype, device=device)
     tol = 1e-8 if dtype == torch.float64 else 1e-5
     o = opts_for(method, 1e-3)
-    ys = ndode.odeint(lambda t, y: -lam * y, torch.ones(3, dtype=dtype), t, rtol=tol, atol=tol, method=method, options=o)
+    ys = ndode.odeint(lambda t, y: -lam * y, torch.ones(3, dtype=dtype, device=device), t, rtol=tol, atol=tol,
+                      method=method, options=o)
     exact = torch.exp(-t[:, None] * lam)
     bound = {"euler": 5e-3, "midpoint": 1e-5, "heun": 1e-5}.get(method, 50 * tol if dtype == torch.float64 else 1e-4)
-    assert ys.dtype == dtype and ys.shape == (7, 3)
+    assert ys.dtype == dtype and ys.shape == (7, 3) and ys.device == device
     assert (ys - exact).abs().max() < bound
     # harmonic oscillator y'' = -y
-    ys = ndode.odeint(lambda t, y: torch.stack([y[1], -y[0]]), torch.tensor([1.0, 0.0], dtype=dtype), t,
+    ys = ndode.odeint(lambda t, y: torch.stack([y[1], -y[0]]), torch.tensor([1.0, 0.0], dtype=dtype, device=device), t,
                       rtol=tol, atol=tol, method=method, options=o)
     exact = torch.stack([torch.cos(t), -torch.sin(t)], dim=1)
     assert (ys - exact).abs().max() < bound
@@ -171,9 +172,9 @@ def test_nonlinear_against_scipy_and_tolerance_proportionality(method, problem, 
     assert (ys32.double() - ref).abs().max() < (5e-2 if backward else 5e-3)
 
 
-def test_batch_shape_and_tuple_state():
-    y0 = torch.randn(4, 3, 2, dtype=torch.float64)
-    t = torch.linspace(0, 1, 3, dtype=torch.float64)
+def test_batch_shape_and_tuple_state(device):
+    y0 = torch.randn(4, 3, 2, dtype=torch.float64).to(device)
+    t = torch.linspace(0, 1, 3, dtype=torch.float64, device=device)
     ys = ndode.odeint(lambda t, y: -y, y0, t)
     assert ys.shape == (3, 4, 3, 2)
     assert torch.allclose(ys[-1], y0 * math.exp(-1), atol=1e-8)
@@ -182,9 +183,12 @@ def test_batch_shape_and_tuple_state():
         z, logp = state
         return (-z, -torch.ones_like(logp) * t)
 
-    z, logp = ndode.odeint(f, (y0, torch.zeros(4, 1, dtype=torch.float64)), t)
-    assert z.shape == (3, 4, 3, 2) and logp.shape == (3, 4, 1)
-    assert torch.allclose(logp[-1], torch.full((4, 1), -0.5, dtype=torch.float64), atol=1e-8)
+    z, logp = ndode.odeint(f, (y0, torch.zeros(4, 1, dtype=torch.float64, device=device)), t)
+    assert z.shape == (3, 4, 3, 2) and logp.shape == (3, 4, 1) and logp.device == device
+    assert torch.allclose(logp[-1], torch.full((4, 1), -0.5, dtype=torch.float64, device=device), atol=1e-8)
+    # times as Python floats (a model's constant times): the same solve, nothing read back from the device
+    sol = ndode.solve(f, (y0, torch.zeros(4, 1, dtype=torch.float64, device=device)), t.tolist())
+    assert torch.equal(sol.ys[1], logp) and torch.equal(sol.ts, t)
 
 
 def test_single_output_time_returns_y0():
@@ -221,10 +225,10 @@ def test_dense_output_matches_forced_steps(method):
 
 
 @pytest.mark.parametrize("method", ["dopri5", "tsit5", "rk4", "euler"])
-def test_gradcheck_direct_backprop(method):
+def test_gradcheck_direct_backprop(method, device):
     torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2)).double()
-    t = torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64)
+    net = torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2)).double().to(device)
+    t = torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64, device=device)
     o = {"step_size": 0.1}  # a fixed grid: adaptive step choices are not differentiable
     params = list(net.parameters())
 
@@ -240,7 +244,7 @@ def test_gradcheck_direct_backprop(method):
 
         return ndode.odeint(f, y0, t, method=method, options=o)
 
-    y0 = torch.randn(3, 2, dtype=torch.float64, requires_grad=True)
+    y0 = torch.randn(3, 2, dtype=torch.float64).to(device).requires_grad_()
     ps = [p.detach().clone().requires_grad_() for p in params]
     assert torch.autograd.gradcheck(fn, (y0, *ps))
 
@@ -284,7 +288,7 @@ F = lambda t, y: -y  # noqa: E731
         (dict(t=torch.tensor([0.0, 1.0, 0.5])), ValueError, "strictly increasing or strictly decreasing"),
         (dict(t=torch.tensor([])), ValueError, "at least 1 element"),
         (dict(t=torch.zeros(2, 2)), ValueError, "1-D tensor"),
-        (dict(t=[0.0, 1.0]), TypeError, "t must be a 1-D torch.Tensor"),
+        (dict(t=[0.0, "1.0"]), TypeError, "t must be a 1-D torch.Tensor of times or a non-empty list of Python floats"),
         (dict(t=torch.tensor([0.0, float("nan")])), ValueError, "t must be finite"),
         (dict(rtol=-1e-3), ValueError, "rtol must be a non-negative finite number, got -0.001"),
         (dict(atol=float("inf")), ValueError, "atol must be a non-negative finite number"),
@@ -337,3 +341,56 @@ def test_non_finite_state_names_t_dt_method():
 def test_max_num_steps_names_t_dt_method():
     with pytest.raises(ndode.SolverError, match=r"max_num_steps=5 reached before t=10.0 at t=\S+, dt=\S+ \(method 'tsit5'\)"):
         ndode.odeint(vdp, torch.tensor([2.0, 0.0]), torch.tensor([0.0, 10.0]), method="tsit5", options={"max_num_steps": 5})
+
+
+# ------------------------------------------------------------------ edge cases (issue 9)
+
+
+def test_tuple_component_of_wrong_shape_or_dtype_is_named():
+    z0, l0 = torch.zeros(4, 2, dtype=torch.float64), torch.zeros(4, 1, dtype=torch.float64)
+    t = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    # the same number of entries: packed into one flat tensor it would pass and scramble the state
+    with pytest.raises(ValueError, match=r"component 0 .*shape \(2, 4\).*y0\[0\] has shape \(4, 2\)"):
+        ndode.odeint(lambda t, s: (s[0].T, s[1]), (z0, l0), t)
+    with pytest.raises(TypeError, match=r"component 1 .*dtype torch.float32.*y0\[1\] has dtype torch.float64"):
+        ndode.odeint(lambda t, s: (s[0], s[1].float()), (z0, l0), t)
+    with pytest.raises(TypeError, match=r"func must return a tuple of 2 tensors.*returned a Tensor"):
+        ndode.odeint(lambda t, s: s[0], (z0, l0), t)
+
+
+@pytest.mark.parametrize("t_end", [0.3, 1.0, -0.7])
+def test_step_ending_ulps_short_of_the_end(t_end):
+    # a first step that ends 1-2 ulp short of the last time: the sliver left must be snapped, not stepped
+    h = abs(t_end)
+    for _ in range(2):
+        h = math.nextafter(h, 0.0)
+    t = torch.tensor([0.0, t_end], dtype=torch.float64)
+    y0 = torch.tensor([1.0], dtype=torch.float64)
+    sol = ndode.solve(lambda t, y: -y, y0, t, rtol=1e-3, atol=1e-3, options={"first_step": h})
+    assert sol.stats.n_accepted == 1 and sol.stats.n_rejected == 0  # the sliver costs no step
+    assert torch.allclose(sol.ys[-1], torch.exp(-t[-1:]), rtol=2e-3)
+
+
+def test_autocast_output_is_cast_to_the_state_dtype(device):
+    # Under torch.autocast a Linear computes in bfloat16 while the state stays float32 (how ODE-Nets train on
+    # GPUs): the solver casts func's output to the state's dtype. Without autocast that dtype is still an error.
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(3, 3).to(device)
+    y0 = torch.randn(4, 3, device=device)
+    t = torch.tensor([0.0, 0.5, 1.0], device=device)
+    ref = ndode.odeint(lambda t, y: torch.tanh(lin(y)), y0, t, rtol=1e-4, atol=1e-4)
+    with torch.autocast(device.type, dtype=torch.bfloat16):
+        assert lin(y0).dtype == torch.bfloat16
+        ys = ndode.odeint(lambda t, y: torch.tanh(lin(y)), y0, t, rtol=1e-4, atol=1e-4)
+        z, logp = ndode.odeint(lambda t, s: (lin(s[0]), lin(s[0]).sum(-1, keepdim=True)),
+                               (y0, torch.zeros(4, 1, device=device)), t, rtol=1e-4, atol=1e-4)
+        sol = ndode.solve(lambda t, y: torch.tanh(lin(y)), y0.requires_grad_(), t, rtol=1e-4, atol=1e-4,
+                          adjoint=ndode.BacksolveAdjoint(params=tuple(lin.parameters())))
+        sol.ys.sum().backward()  # the backward solve under autocast too
+    assert ys.dtype == z.dtype == logp.dtype == sol.ys.dtype == y0.grad.dtype == torch.float32
+    assert (ys - ref).abs().max() < 5e-2  # bfloat16 keeps 8 bits of mantissa
+    assert torch.isfinite(y0.grad).all() and lin.weight.grad.dtype == torch.float32
+    with pytest.raises(TypeError, match="func returned dtype torch.bfloat16 at t=0.0, but the state has dtype"):
+        ndode.odeint(lambda t, y: lin(y).bfloat16(), y0.detach(), t)
+    with pytest.raises(TypeError, match=r"component 1 .*dtype torch.bfloat16"):
+        ndode.odeint(lambda t, s: (s[0], s[1].bfloat16()), (y0.detach(), torch.zeros(4, 1, device=device)), t)

@@ -23,6 +23,7 @@ from typing import Any, Optional
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from ..adjoint import BacksolveAdjoint
 from ..tableau import TABLEAUS
 
 __all__ = [
@@ -218,7 +219,7 @@ def solver_kwargs(solver) -> dict:
     elif solver.max_num_steps is not None:
         options["max_num_steps"] = int(solver.max_num_steps)
     return dict(method=name, rtol=float(solver.rtol), atol=float(solver.atol), options=options or None,
-                adjoint=bool(solver.adjoint))
+                adjoint=BacksolveAdjoint() if solver.adjoint else None)
 
 
 def to_plain(cfg) -> dict:

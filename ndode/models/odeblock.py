@@ -60,8 +60,9 @@ class ODEBlock(nn.Module):
         self.rtol, self.atol = float(rtol), float(atol)
         self.eval_rtol = None if eval_rtol is None else float(eval_rtol)
         self.eval_atol = None if eval_atol is None else float(eval_atol)
-        # A buffer follows .to(device); cast to the state's dtype per call.
-        self.register_buffer("integration_time", torch.tensor([float(t0), float(t1)]), persistent=False)
+        # Python floats, not a device buffer: the solver takes them as they are, so a forward on a GPU never
+        # reads the times back from the device
+        self.t0, self.t1 = float(t0), float(t1)
         self.last_stats: ndode.SolverStats | None = None
 
     def set_tolerance(self, rtol: float, atol: float | None = None, *, eval_only: bool = False) -> None:
@@ -81,11 +82,9 @@ class ODEBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rtol, atol = self.tolerance()
-        sol = ndode.solve(
-            self.func, x, self.integration_time.to(x.dtype), rtol=rtol, atol=atol,
-            method=self.method, options=self.options, adjoint=self.adjoint,
-            **({"adjoint_options": self.adjoint_options} if self.adjoint and self.adjoint_options else {}),
-        )
+        adjoint = ndode.BacksolveAdjoint(options=self.adjoint_options) if self.adjoint else None
+        sol = ndode.solve(self.func, x, [self.t0, self.t1], rtol=rtol, atol=atol, method=self.method,
+                          options=self.options, adjoint=adjoint)
         self.last_stats = sol.stats
         return sol.ys[-1]
 
@@ -105,7 +104,7 @@ class ODEBlock(nn.Module):
         return None if self.last_stats is None else self.last_stats.nfe_backward
 
     def extra_repr(self) -> str:
-        t0, t1 = self.integration_time.tolist()
+        t0, t1 = self.t0, self.t1
         opts = f", options={self.options}" if self.options else ""
         return f"t=[{t0:g}, {t1:g}], method={self.method}, rtol={self.rtol:g}, atol={self.atol:g}{opts}, adjoint={self.adjoint}"
 
