@@ -7,7 +7,7 @@ decoder, the ELBO. One iteration is: encode, sample ``z0`` (same noise for
 every contender), solve the latent ODE at the 100 observation times in one
 call, decode, ELBO, backward. Weights are not updated, so every repetition
 does the same work. Only the ODE solve differs between contenders: ndode's
-``solve(..., adjoint=True)`` vs ``torchdiffeq.odeint_adjoint`` on the same
+``solve(..., adjoint=BacksolveAdjoint())`` vs ``torchdiffeq.odeint_adjoint`` on the same
 dynamics module, both dopri5 at the cpu budget's tolerance (rtol = atol =
 1e-5), each with its default adjoint norm; and, for reference, direct
 backpropagation through each library's solver (what the cpu budget trains
@@ -59,7 +59,7 @@ def run(sizes: dict, peers=P.PEERS) -> pd.DataFrame:
     def solve(lib, mode, z0):
         if lib == "ndode":  # the experiment's own code path: the union of times, one call
             z, stats = model.trajectory(z0, t_grid, data.obs_idx, method="dopri5", rtol=TOL, atol=TOL,
-                                        adjoint=mode == "adjoint")
+                                        adjoint=ndode.BacksolveAdjoint() if mode == "adjoint" else None)
             return z, (lambda: (stats.nfe, stats.nfe_backward))
         import torchdiffeq
 

@@ -225,7 +225,7 @@ class LatentODETask(Task):
         """Predictions on the whole grid ``[B, T, 2]`` (NaN where a model makes none) from each spiral's observations."""
         x_obs, t_obs = (v.to(self.device) for v in data.observed())
         if self.name == "latent_ode":
-            kw = dict(self.solver, adjoint=False)
+            kw = dict(self.solver, adjoint=None)
             res = self.model(x_obs, t_obs, self.t, None, sample=False, **kw)  # z0 = the posterior mean
             return res["x_pred"], res
         _, future = self.model.predict(x_obs, t_obs, self.t[data.n_window:])
@@ -311,7 +311,7 @@ class LatentODETask(Task):
             base = res["z0"][0]
             z0 = base.repeat(n_vary, 1)
             z0[:, dim] = values.to(z0)
-            z, _ = self.model.trajectory(z0, self.t, None, **dict(self.solver, adjoint=False))
+            z, _ = self.model.trajectory(z0, self.t, None, **dict(self.solver, adjoint=None))
             a.update(vary_dim=np.array(dim), vary_values=values, vary_x=self.model.decoder(z).cpu(),
                      vary_separation=sep.cpu())
         return {k: (v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else v) for k, v in a.items()}

@@ -166,7 +166,8 @@ def test_union_solve_with_the_adjoint_matches_direct_gradients():
     grads = []
     for adjoint in (False, True):
         torch.manual_seed(2)  # the same z0 sample
-        res = model(x.double(), t.double(), d.t[:100].double(), d.obs_idx, adjoint=adjoint, **kw)
+        res = model(x.double(), t.double(), d.t[:100].double(), d.obs_idx,
+                    adjoint=ndode.BacksolveAdjoint() if adjoint else None, **kw)
         loss = -latent_ode_elbo(d.noisy[:, :100].double(), d.mask, res["x_pred"], res["qz0_mean"],
                                 res["qz0_logvar"], 0.1)["elbo"]
         model.zero_grad()

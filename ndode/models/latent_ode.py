@@ -123,7 +123,7 @@ class LatentODE(nn.Module):
         return mean + torch.randn_like(mean) * torch.exp(0.5 * logvar)
 
     def solve(self, z0: torch.Tensor, t: torch.Tensor, **solver) -> ndode.Solution:
-        """Solve from ``z0`` at ``t[0]`` through ``t`` (``ndode.solve`` keyword arguments, e.g. ``adjoint=True``)."""
+        """Solve from ``z0`` at ``t[0]`` through ``t`` (``ndode.solve`` keyword arguments, e.g. ``adjoint=ndode.BacksolveAdjoint()``)."""
         return ndode.solve(self.ode_func, self.initial_state(z0), t, **solver)
 
     def trajectory(self, z0: torch.Tensor, t_grid: torch.Tensor, obs_idx: torch.Tensor | None = None, **solver):
