@@ -4,19 +4,22 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
-BUDGET ?= paper
+# auto: paper where CUDA is available, cpu otherwise (each run resolves it, prints it and records it)
+BUDGET ?= auto
 SEEDS ?= 0
 STAMP := $(VENV)/.install-stamp
 BENCH_STAMP := $(VENV)/.bench-stamp
+DASH_STAMP := $(VENV)/.dashboard-stamp
 # Pins known to work on the reference machine (2 cores, CPU only, Python 3.11).
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 
 .DEFAULT_GOAL := help
-.PHONY: help install test demo reproduce-mnist reproduce tables figures bench bench-quick sync
+.PHONY: help install test demo reproduce-mnist reproduce tables figures bench bench-quick sync dashboard
 
 help: ## list the targets
-	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-22s %s\n", $$1, $$2}'
-	@echo "  variables: BUDGET=smoke|cpu|paper (default $(BUDGET)), SEEDS=0,1,2 (default $(SEEDS)), VENV=$(VENV)"
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sed 's|$$(VENV)|$(VENV)|g; s|$$(JOBS)|$(JOBS)|g' \
+		| awk 'BEGIN {FS = ":.*## "}; {printf "  make %-22s %s\n", $$1, $$2}'
+	@echo "  variables (now): BUDGET=$(BUDGET) (auto|smoke|cpu|paper; auto: paper with CUDA, else cpu), SEEDS=$(SEEDS), JOBS=$(JOBS), VENV=$(VENV), PYTHON=$(PYTHON)"
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,7 +32,7 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## create $(VENV) and install ndode with its experiment and test extras
 
-test: $(BENCH_STAMP) ## run the test suite (what CI runs; installs the bench extra too, for the benchmark smoke test)
+test: $(BENCH_STAMP) $(DASH_STAMP) ## run the test suite (what CI runs; installs the bench and dashboard extras too, for their tests)
 	WANDB_MODE=disabled $(PY) -m pytest -q
 
 $(BENCH_STAMP): $(STAMP)
@@ -53,8 +56,22 @@ $(MNIST_RAW): | $(STAMP)
 
 reproduce-mnist: $(STAMP) $(MNIST_RAW) ## MNIST Table 1 + Figure 3: mlp, resnet, rknet, odenet at BUDGET x SEEDS, then table and figure
 	$(PY) experiments/mnist.py -m model=odenet,rknet,resnet,mlp budget=$(BUDGET) seed=$(SEEDS) hydra/launcher=joblib hydra.launcher.n_jobs=$(JOBS)
-	$(PY) scripts/make_tables.py --experiment mnist --budget $(BUDGET)
 	$(PY) scripts/make_figures.py --experiment mnist --budget $(BUDGET)
+	$(PY) scripts/make_tables.py --experiment mnist --budget $(BUDGET)
+
+# CNF (paper §4): Figure 4 (targets U1, U3, U4; K = M = 2, 8, 32), Figure 5 (Two Circles, Two Moons; 64 layers/units)
+# and the FFJORD toys. At BUDGET=cpu one seed for Figure 4 and the toys, two for Figure 5 (docs/cnf.md).
+CNF_FIG4_SEEDS ?= $(SEEDS)
+CNF_FIG5_SEEDS ?= 0,1
+CNF_TOY_SEEDS ?= $(SEEDS)
+CNF_RUN = $(PY) experiments/cnf.py -m budget=$(BUDGET) hydra/launcher=joblib hydra.launcher.n_jobs=$(JOBS)
+
+reproduce-cnf: $(STAMP) ## CNF vs planar flows (Figures 4, 5) and FFJORD toys at BUDGET: runs, then tables and figures
+	$(CNF_RUN) data=U1,U3,U4 flow=cnf,planar size=32,8,2 seed=$(CNF_FIG4_SEEDS)
+	$(CNF_RUN) data=circles,moons flow=cnf,planar size=64 seed=$(CNF_FIG5_SEEDS)
+	$(CNF_RUN) data=8gaussians,checkerboard,pinwheel,2spirals,rings flow=ffjord size=64 seed=$(CNF_TOY_SEEDS)
+	$(PY) scripts/make_figures.py --experiment cnf --budget $(BUDGET)
+	$(PY) scripts/make_tables.py --experiment cnf --budget $(BUDGET)
 
 reproduce-latent-ode: $(STAMP) ## Latent ODE Table 2 + Figures 8, 9: latent_ode, rnn, rnn_dt x n_obs 30, 50, 100 x SEEDS (default 0,1), then table and figures
 	$(PY) experiments/latent_ode.py -m model=latent_ode,rnn,rnn_dt data.n_obs=30,50,100 budget=$(BUDGET) seed=$(LATENT_SEEDS) hydra/launcher=joblib hydra.launcher.n_jobs=$(JOBS)
@@ -75,4 +92,13 @@ figures: $(STAMP) ## draw results/figures/*.png from the run records in results/
 sync: $(STAMP) ## upload the offline W&B mirrors of results/runs (needs WANDB_API_KEY or `wandb login`)
 	$(PY) scripts/wandb_sync.py
 
-reproduce: reproduce-mnist reproduce-latent-ode ## every experiment reproduced so far (MNIST, latent ODE; the CNF target comes with its experiment)
+$(DASH_STAMP): $(STAMP)
+	$(PIP) install -q -e '.[dashboard]'
+	touch $(DASH_STAMP)
+
+DASHBOARD_ARGS ?=
+# BUDGET only when given: by default the report shows the cpu runs (those the committed results come from)
+dashboard: $(DASH_STAMP) ## W&B report of every paper table and figure, cpu runs unless BUDGET= (needs a W&B key; DASHBOARD_ARGS=--dry-run: outline)
+	$(PY) scripts/wandb_dashboard.py --budget $(if $(filter file,$(origin BUDGET)),cpu,$(BUDGET)) $(DASHBOARD_ARGS)
+
+reproduce: reproduce-mnist reproduce-cnf reproduce-latent-ode ## every experiment reproduced so far (MNIST, CNF, latent ODE)

@@ -1,4 +1,4 @@
-"""Benchmark 7 — one full-batch training iteration of the spiral latent ODE, ndode vs torchdiffeq.
+"""Benchmark 9 — one full-batch training iteration of the spiral latent ODE, ndode vs torchdiffeq.
 
 The model and data are the experiment's (``ndode.models.latent_ode``,
 ``ndode.data.spirals``): 1000 spirals observed at all n = 100 window times,

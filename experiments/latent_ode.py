@@ -1,6 +1,6 @@
 """Latent ODE vs RNNs on irregularly sampled spirals (the paper's §5, Table 2, Figures 8 and 9).
 
-    python experiments/latent_ode.py model=latent_ode data.n_obs=30          # cpu budget (the default here)
+    python experiments/latent_ode.py model=latent_ode data.n_obs=30          # budget=auto: paper with CUDA, else cpu
     python experiments/latent_ode.py model=rnn_dt data.n_obs=100 seed=1
     python experiments/latent_ode.py -m model=latent_ode,rnn,rnn_dt data.n_obs=30,50,100 seed=0,1
     make reproduce-latent-ode BUDGET=cpu                                     # the grid, then table and figures
@@ -252,7 +252,7 @@ class LatentODETask(Task):
                "params": sum(p.numel() for p in self.model.parameters())}
         if self.nfe["n"]:
             out["nfe_forward"] = self.nfe["forward"] / self.nfe["n"]
-            out["nfe_backward"] = self.nfe["backward"] / self.nfe["n"] if self.cfg.solver.adjoint else None
+            out["nfe_backward"] = self.nfe["backward"] / self.nfe["n"] if self.solver["adjoint"] is not None else None
         for k in ("loss", "elbo", "kl"):
             if final_train.get(k) is not None:
                 out[f"train_{k}"] = final_train[k]

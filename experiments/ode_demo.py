@@ -23,56 +23,49 @@ import torch
 
 import ndode
 from ndode.data.spiral_ode import make_spiral_data, spiral_dynamics
-from ndode.harness import (BudgetConfig, ConfigError, ExperimentConfig, RunContext, Task, atomic_save, register_schema,
-                           run_experiment, solver_kwargs)
+from ndode.harness import (BudgetConfig, ConfigError, ExperimentConfig, RunContext, Task, atomic_save, ranged,
+                           register_schema, run_experiment, solver_kwargs)
 from ndode.models.ode_demo import ODEFunc
 
 
 @dataclass
 class DataConfig:
-    n_times: int = 1000
-    t_end: float = 25.0
-    noise_std: float = 0.05
-    heldout_every: int = 5
+    n_times: int = ranged(1000, ge=2)
+    t_end: float = ranged(25.0, gt=0)
+    noise_std: float = ranged(0.05, ge=0)
+    heldout_every: int = ranged(5, ge=2)  # 1 would hold out every sample
 
 
 @dataclass
 class ModelConfig:
     name: str = "mlp"
-    hidden: int = 50
+    hidden: int = ranged(50, ge=1)
     cubic_features: bool = True
 
 
 @dataclass
 class OptimConfig:
     name: str = "rmsprop"  # rmsprop | adam
-    lr: float = 1e-3
+    lr: float = ranged(1e-3, gt=0)
     cosine: bool = False  # anneal the learning rate to 0 over phase 1 (a cosine)
-    refine_warmup: float = 0.5  # phase 2: fraction of its steps over which the fitted horizon grows to all of t
-
+    refine_warmup: float = ranged(0.5, ge=0, le=1)  # phase 2: fraction of its steps over which the horizon grows to all of t
 
     def validate(self, path: str) -> None:
         if self.name not in ("rmsprop", "adam"):
             raise ConfigError(f"{path}.name={self.name!r} is not one of ['rmsprop', 'adam']")
-        if not self.lr > 0:
-            raise ConfigError(f"{path}.lr={self.lr!r} must be > 0")
-        if not 0 <= self.refine_warmup <= 1:
-            raise ConfigError(f"{path}.refine_warmup={self.refine_warmup!r} must be in [0, 1]")
 
 
 @dataclass
 class ODEDemoBudget(BudgetConfig):
-    batch_size: int = 20  # windows per mini-batch
-    batch_time: int = 10  # training samples per window
-    refine_steps: int = 0  # the last units: L-BFGS steps on the whole training series, integrated from y0
-    refine_max_iter: int = 4  # L-BFGS iterations per refine unit
+    batch_size: int = ranged(20, ge=1)  # windows per mini-batch
+    batch_time: int = ranged(10, ge=2)  # training samples per window
+    refine_steps: int = ranged(0, ge=0)  # the last units: L-BFGS steps on the whole training series, from y0
+    refine_max_iter: int = ranged(4, ge=1)  # L-BFGS iterations per refine unit
 
     def validate(self, path: str) -> None:
         super().validate(path)
-        if not 0 <= self.refine_steps < self.steps:
+        if self.refine_steps >= self.steps:
             raise ConfigError(f"{path}.refine_steps={self.refine_steps!r} must be in [0, {path}.steps={self.steps})")
-        if self.refine_max_iter < 1:
-            raise ConfigError(f"{path}.refine_max_iter={self.refine_max_iter!r} must be >= 1")
 
 
 @dataclass
@@ -169,7 +162,7 @@ class ODEDemoTask(Task):
         loss = self.refiner.step(closure)
         self.tally["refine_mse"] = loss.item()
         return {"refine_mse": loss.item(), "refine_horizon": t[-1].item(), "refine_nfe_forward": nfe["forward"],
-                "refine_nfe_backward": nfe["backward"] if self.cfg.solver.adjoint else None}
+                "refine_nfe_backward": nfe["backward"] if self.solver["adjoint"] is not None else None}
 
     def _trajectory(self):
         kw = dict(self.solver, adjoint=None)
@@ -185,7 +178,7 @@ class ODEDemoTask(Task):
         n = max(self.tally["window_steps"], 1)
         return {**final_eval, "window_loss": self.tally["window_loss"], "refine_mse": self.tally["refine_mse"],
                 "nfe_forward": self.tally["nfe_forward"] / n,
-                "nfe_backward": self.tally["nfe_backward"] / n if self.cfg.solver.adjoint else None,
+                "nfe_backward": self.tally["nfe_backward"] / n if self.solver["adjoint"] is not None else None,
                 "traj_var": self.y_true.var(dim=0).mean().item()}
 
     def state_dict(self) -> dict:

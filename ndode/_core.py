@@ -27,19 +27,25 @@ Design notes (why the loop looks the way it does):
 
 from __future__ import annotations
 
+import itertools
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 
+from .scipy_solver import SCIPY_METHOD, ScipyIntegrator, check_scipy_options
 from .tableau import TABLEAUS, ButcherTableau
 
 __all__ = ["Solution", "SolverStats", "SolverError", "Adjoint", "METHODS"]
 
 METHODS = tuple(TABLEAUS)
-FIXED_OPTIONS = ("step_size",)
-ADAPTIVE_OPTIONS = ("first_step", "max_num_steps", "safety", "min_factor", "max_factor", "step_size")
+# options of a solve on a grid (any method; the only kind a fixed-step method has)
+FIXED_OPTIONS = ("step_size", "grid_constructor", "perturb", "interp")
+# options of an error-controlled solve (plus FIXED_OPTIONS, which turn an adaptive tableau into a fixed grid)
+ADAPTIVE_OPTIONS = ("first_step", "max_num_steps", "safety", "min_factor", "max_factor", "min_step", "max_step",
+                    "jump_t", "step_t", "norm") + FIXED_OPTIONS
 DEFAULT_MAX_NUM_STEPS = 1_000_000
 # A step that would end this many ulps (or fewer) short of an output time ends on it. More than the
 # underflow threshold (10 ulps of t), so no sliver below it can remain.
@@ -79,8 +85,10 @@ class Solution:
 
 
 def _check_method(method, arg="method") -> ButcherTableau:
+    if method == SCIPY_METHOD.name:
+        return SCIPY_METHOD  # SciPy's solve_ivp (ndode.scipy_solver), not a tableau
     if not isinstance(method, str) or method not in TABLEAUS:
-        raise ValueError(f"unknown {arg} {method!r}; known methods: {', '.join(METHODS)}")
+        raise ValueError(f"unknown {arg} {method!r}; known methods: {', '.join(METHODS)}, {SCIPY_METHOD.name}")
     return TABLEAUS[method]
 
 
@@ -97,8 +105,27 @@ def _check_tol(name, value) -> float:
     return value
 
 
+def _host_times(arg, key, value) -> list[float]:
+    """A 1-D tensor or sequence of finite times as sorted Python floats (jump_t, step_t)."""
+    if isinstance(value, torch.Tensor):
+        value = value.detach().reshape(-1).double().tolist()
+    ok = isinstance(value, (list, tuple)) and all(
+        isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in value)
+    if not ok:
+        raise ValueError(f"{arg}[{key!r}] must be a 1-D tensor or list of finite times, got {value!r}")
+    out = sorted({float(x) for x in value})
+    return out
+
+
 def _check_options(options, tab: ButcherTableau, arg="options", also=()) -> dict:
-    """Validated solver options for ``tab``; ``also`` names options the caller has taken out (listed as allowed)."""
+    """Validated solver options for ``tab``; ``also`` names options the caller has taken out (listed as allowed).
+
+    A solve on a grid (a fixed-step method, or ``step_size``/``grid_constructor``
+    given) always has the key ``step_size`` in the result (``None``: the grid
+    is the output times, as torchdiffeq's fixed-grid solvers).
+    """
+    if tab is SCIPY_METHOD:
+        return check_scipy_options(options, arg, also)
     if options is None:
         options = {}
     if not isinstance(options, dict):
@@ -110,37 +137,50 @@ def _check_options(options, tab: ButcherTableau, arg="options", also=()) -> dict
         raise ValueError(
             f"unknown {arg} {unknown} for {kind} method {tab.name!r}; allowed: {', '.join(allowed)}"
         )
-    out = dict(options)
+    out = {k: v for k, v in options.items() if v is not None or k == "norm"}
 
-    def positive(key, integer=False, lo=0.0, hi=math.inf, closed_hi=False):
+    def positive(key, integer=False, lo=0.0, hi=math.inf, closed_hi=False, closed_lo=False):
         v = out[key]
         if isinstance(v, torch.Tensor) and v.numel() == 1:
             v = v.item()
-        ok = not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v)
-        ok = ok and v > lo and (v <= hi if closed_hi else v < hi)
+        ok = not isinstance(v, bool) and isinstance(v, (int, float)) and not math.isnan(v)
+        ok = ok and (v >= lo if closed_lo else v > lo) and (v <= hi if closed_hi else v < hi)
         if integer:
             ok = ok and float(v).is_integer()
         if not ok:
-            rng = f"in ({lo}, {hi}{']' if closed_hi else ')'}" if hi != math.inf else f"> {lo}"
+            rng = (f"in {'[' if closed_lo else '('}{lo}, {hi}{']' if closed_hi else ')'}" if hi != math.inf
+                   else f"{'>=' if closed_lo else '>'} {lo}")
             raise ValueError(f"{arg}[{key!r}] must be {'an integer' if integer else 'a finite number'} {rng}, got {out[key]!r}")
         out[key] = int(v) if integer else float(v)
 
-    if not tab.adaptive:
-        if "step_size" not in out or out["step_size"] is None:
-            raise ValueError(
-                f"method {tab.name!r} is fixed-step and needs options={{'step_size': h}}; "
-                f"for error-controlled steps use one of: "
-                + ", ".join(n for n, t in TABLEAUS.items() if t.adaptive)
-            )
-        positive("step_size")
-    elif out.get("step_size") is not None:
-        # an adaptive tableau run on a fixed grid (e.g. RK-Net with dopri5 steps, order studies)
-        positive("step_size")
-        clash = sorted(set(out) - {"step_size"})
-        if clash:
-            raise ValueError(f"{arg} {clash} do not apply with {arg}['step_size'] (a fixed-step solve); pass one or the other")
+    grid = not tab.adaptive or "step_size" in out or "grid_constructor" in out
+    if grid:
+        if "step_size" in out and "grid_constructor" in out:
+            raise ValueError(f"{arg}['step_size'] and {arg}['grid_constructor'] both given; pass one or the other")
+        if tab.adaptive:
+            # an adaptive tableau run on a fixed grid (e.g. RK-Net with dopri5 steps, order studies)
+            clash = sorted(set(out) - set(FIXED_OPTIONS) - set(also))
+            if clash:
+                raise ValueError(f"{arg} {clash} do not apply with {arg}['step_size'] or {arg}['grid_constructor'] "
+                                 f"(a fixed-grid solve); pass one or the other")
+        if "step_size" in out:
+            positive("step_size")
+        else:
+            out["step_size"] = None  # the grid is t itself (or the grid_constructor's)
+        if "grid_constructor" in out and not callable(out["grid_constructor"]):
+            raise TypeError(f"{arg}['grid_constructor'] must be callable as grid_constructor(func, y0, t), "
+                            f"got {type(out['grid_constructor']).__name__}")
+        if not isinstance(out.get("perturb", False), bool):
+            raise TypeError(f"{arg}['perturb'] must be True or False, got {out['perturb']!r}")
+        if not out.get("perturb", False):
+            out.pop("perturb", None)
+        if out.get("interp", "linear") not in ("linear", "cubic"):
+            raise ValueError(f"{arg}['interp'] must be 'linear' or 'cubic', got {out['interp']!r}")
+        out.pop("interp", None)  # output times are grid points: nothing is interpolated
     else:
-        out.pop("step_size", None)
+        for key in FIXED_OPTIONS:
+            if out.pop(key, None) is not None:
+                raise ValueError(f"{arg}[{key!r}] applies to a fixed-grid solve only (give step_size or grid_constructor)")
         if out.get("first_step") is not None:
             positive("first_step")
         else:
@@ -153,6 +193,25 @@ def _check_options(options, tab: ButcherTableau, arg="options", also=()) -> dict
             positive("min_factor", hi=1.0)
         if "max_factor" in out:
             positive("max_factor", lo=1.0)
+        if "min_step" in out:
+            positive("min_step", closed_lo=True)
+            if out["min_step"] == 0:
+                del out["min_step"]
+        if "max_step" in out:
+            positive("max_step", hi=math.inf, closed_hi=True)
+            if out["max_step"] == math.inf:
+                del out["max_step"]
+        if out.get("min_step", 0.0) > out.get("max_step", math.inf):
+            raise ValueError(f"{arg}['min_step']={out['min_step']!r} exceeds {arg}['max_step']={out['max_step']!r}")
+        for key in ("jump_t", "step_t"):
+            if key in out:
+                out[key] = _host_times(arg, key, out[key])
+        if set(out.get("jump_t", ())) & set(out.get("step_t", ())):
+            raise ValueError(f"{arg}['jump_t'] and {arg}['step_t'] share times; each time belongs in one of them")
+        if "norm" in out and "norm" not in also:
+            if not callable(out["norm"]):
+                raise TypeError(f"{arg}['norm'] must be callable (a norm of the scaled error, a tensor or a tuple "
+                                f"like y0, returning a 0-dim tensor), got {out['norm']!r}")
     return out
 
 
@@ -257,7 +316,11 @@ class _Packing:
                                 f"but y0[{i}] has dtype {self.dtype}")
 
     def rms_norm(self):
-        """Error norm: RMS for a tensor; for tuples, the largest RMS over components (as torchdiffeq)."""
+        """Error norm: RMS for a tensor (of any shape, 0-dim included); for tuples, the largest RMS over
+        components (as torchdiffeq)."""
+        if not self.is_tuple:
+            inv = 1.0 / math.sqrt(max(self.sizes[0], 1))
+            return lambda r: torch.linalg.vector_norm(r) * inv
         return _max_rms_norm(self.sizes)
 
 
@@ -317,10 +380,16 @@ def _lincomb(h, coeffs, ks):
 
 
 class _Integrator:
-    """One solve over a list of host times. Holds no tensors between solves."""
+    """One solve over a list of host times. Holds no tensors between solves.
+
+    ``callbacks`` (``(step, accept, reject)``, each ``None`` or called as
+    ``cb(t, y, dt)``) and the options ``perturb``, ``jump_t``, ``step_t``,
+    ``min_step``, ``max_step`` and ``grid_constructor`` follow torchdiffeq's
+    meaning; each is a branch on ``None`` when unused, so they cost nothing then.
+    """
 
     def __init__(self, func, tab: ButcherTableau, rtol, atol, options, stats: SolverStats, norm, dtype, device,
-                 phase=""):
+                 phase="", callbacks=None, unpack=None):
         self.func = func
         self.phase = phase
         self.tab = tab
@@ -333,11 +402,20 @@ class _Integrator:
         self.min_factor = options.get("min_factor", 0.2)
         self.max_factor = options.get("max_factor", 10.0)
         self.max_num_steps = options.get("max_num_steps", DEFAULT_MAX_NUM_STEPS)
+        self.min_step = options.get("min_step", 0.0)
+        self.max_step = options.get("max_step", math.inf)
         if tab.adaptive:
             self.exponent = -1.0 / (tab.error_order + 1)
+        cb = callbacks if callbacks is not None and any(c is not None for c in callbacks) else None
+        self.cb_step, self.cb_accept, self.cb_reject = cb if cb is not None else (None, None, None)
+        self.unpack = unpack if unpack is not None else (lambda y: y)
         self._checked = False
         self._cast = False
         self._last_t, self._last_tt = None, None
+        # on_step(t, h, y, outs), if set, sees every accepted step: its start t and size h, the state y it
+        # started from, and the outputs it produced as (index, theta) pairs, theta=None for the step's end
+        # state, else the dense output at t + theta*h (the checkpointed adjoint records the steps with it)
+        self.on_step = None
 
     def _t(self, t):
         # scalar_tensor: a fill, not a host-to-device copy (no sync on CUDA), ~17% faster at batch 1 than
@@ -346,9 +424,18 @@ class _Integrator:
             self._last_t, self._last_tt = t, torch.scalar_tensor(t, dtype=self.dtype, device=self.device)
         return self._last_tt
 
-    def f(self, t, y):
+    def _nudged(self, t, toward):
+        """``t`` moved one ulp (of the state's dtype) toward ``toward``: one side of a discontinuity (perturb)."""
+        tt = torch.scalar_tensor(t, dtype=self.dtype, device=self.device)
+        return torch.nextafter(tt, torch.scalar_tensor(toward, dtype=self.dtype, device=self.device))
+
+    def _callback(self, cb, t, y, h):
+        cb(torch.scalar_tensor(t, dtype=self.dtype, device=self.device), self.unpack(y),
+           torch.scalar_tensor(h, dtype=self.dtype, device=self.device))
+
+    def f(self, t, y, tt=None):
         self.stats.nfe += 1
-        out = self.func(self._t(t), y)
+        out = self.func(self._t(t) if tt is None else tt, y)
         if not self._checked:
             self._cast = _check_func_output(out, y, f"t={t!r}")
             self._checked = True
@@ -363,14 +450,15 @@ class _Integrator:
         where = f"method {self.tab.name!r}" + (f", {self.phase}" if self.phase else "")
         raise SolverError(f"{what} at t={t!r}, dt={h!r} ({where})")
 
-    def step(self, t, y, h, k0):
-        """One Runge–Kutta step; returns (y_new, stages)."""
+    def step(self, t, y, h, k0, t_end=None):
+        """One Runge–Kutta step; returns (y_new, stages). ``t_end`` (a tensor): the time at which stages with
+        c = 1 are evaluated instead of ``t + h`` (the near side of a discontinuity)."""
         tab = self.tab
         ks = [k0]
         yi = y
         for i in range(1, tab.stages):
             yi = _combine(y, h, tab.a[i], ks)
-            ks.append(self.f(t + tab.c[i] * h, yi))
+            ks.append(self.f(t + tab.c[i] * h, yi, t_end if t_end is not None and tab.c[i] == 1.0 else None))
         # FSAL: the last stage was evaluated at y_new itself
         y_new = yi if tab.fsal else _combine(y, h, tab.b, ks)
         return y_new, ks
@@ -378,22 +466,84 @@ class _Integrator:
     def interpolate(self, y, h, ks, theta):
         return _combine(y, h, self.tab.dense_weights(theta), ks)
 
+    def _stepper(self, t, y, h, ks, y_new, f1):
+        """y at a time inside the step just taken: the tableau's dense output, else a cubic Hermite
+        interpolant through (y, k0) and (y_new, f1) (``f1()`` gives f at the step's end)."""
+        if self.tab.dense is not None:
+            return lambda s: self.interpolate(y, h, ks, (s - t) / h)
+
+        def hermite(s):
+            th = (s - t) / h
+            return _combine(y, h, (th - 2 * th**2 + th**3, th**3 - th**2), (ks[0], f1())).add(
+                y_new - y, alpha=3 * th**2 - 2 * th**3)
+
+        return hermite
+
     # ---- fixed grid
-    def solve_fixed(self, y0, times, on_output=None):
-        step_size = self.opts["step_size"]
-        ys = [y0]
-        y = y0
+    def _grid(self, y0, times):
+        """The step end points between consecutive output times: a list of lists of host floats."""
+        step_size = self.opts.get("step_size")
+        gc = self.opts.get("grid_constructor")
+        if gc is not None:
+            grid = gc(self.func, self.unpack(y0), torch.tensor(times, dtype=torch.float64))
+            grid = _check_t(grid)
+            if grid[0] != times[0] or grid[-1] != times[-1]:
+                raise ValueError(f"grid_constructor must return a grid from t[0]={times[0]!r} to t[-1]={times[-1]!r}, "
+                                 f"got one from {grid[0]!r} to {grid[-1]!r}")
+            # output times join the grid, so they are hit exactly (torchdiffeq interpolates instead)
+            d = 1.0 if times[-1] > times[0] else -1.0
+            out, j = [], 1
+            for i in range(1, len(times)):
+                seg = []
+                while j < len(grid) and d * (grid[j] - times[i]) < 0:
+                    if d * (grid[j] - times[i - 1]) > 0:
+                        seg.append(grid[j])
+                    j += 1
+                out.append(seg + [times[i]])
+            return out
+        out = []
+        if not math.isfinite(times[-1]):  # an event solve: steps of step_size until the event says stop
+            if step_size is None:
+                raise ValueError("a fixed-grid solve until an event needs options={'step_size': h}")
+            h = math.copysign(step_size, times[-1])
+            return [(times[0] + j * h for j in itertools.count(1))]
         for i in range(1, len(times)):
             ta, tb = times[i - 1], times[i]
-            n = max(1, math.ceil(abs(tb - ta) / step_size * (1 - 1e-12)))
+            n = 1 if step_size is None else max(1, math.ceil(abs(tb - ta) / step_size * (1 - 1e-12)))
             h = (tb - ta) / n
-            for j in range(n):
-                t = ta + j * h
-                y, _ = self.step(t, y, h, self.f(t, y))
+            out.append([ta + j * h for j in range(1, n)] + [tb])
+        return out
+
+    def solve_fixed(self, y0, times, on_output=None, event=None):
+        """Step on the grid (``step_size``: each interval between output times cut into equal steps; none: the
+        output times themselves, as torchdiffeq; ``grid_constructor``: its grid plus the output times)."""
+        perturb = self.opts.get("perturb", False)
+        cb_step = self.cb_step
+        ys = [y0]
+        y = y0
+        t = times[0]
+        for i, seg in enumerate(self._grid(y0, times), start=1):
+            for tn in seg:
+                h = tn - t
+                if cb_step is not None:
+                    self._callback(cb_step, t, y, h)
+                if perturb:
+                    k0 = self.f(t, y, self._nudged(t, tn))
+                    y_new, ks = self.step(t, y, h, k0, self._nudged(tn, t))
+                else:
+                    k0 = self.f(t, y)
+                    y_new, ks = self.step(t, y, h, k0)
                 self.stats.n_accepted += 1
+                if self.on_step is not None:  # the checkpointed adjoint records the step (output i at its end)
+                    self.on_step(t, h, y, [(i, None)] if tn == seg[-1] else [])
+                if event is not None:
+                    hit = event(t, y, tn, y_new, self._stepper(t, y, h, ks, y_new, lambda: self.f(tn, y_new)))
+                    if hit is not None:
+                        return hit
+                t, y = tn, y_new
             if not bool(torch.isfinite(y).all()):  # a non-finite y0 stays non-finite: it is caught here too
                 self.check_y0(y0)
-                self._fail("non-finite state (nan or inf)", tb, h)
+                self._fail("non-finite state (nan or inf)", t, h)
             if on_output is not None:
                 jumped = on_output(i, y)
                 y = y if jumped is None else jumped
@@ -432,26 +582,42 @@ class _Integrator:
             h1 = (0.01 / max(d1, d2)) ** (1.0 / (self.tab.error_order + 1))
         return min(100 * h0, h1, span)
 
-    def solve_adaptive(self, y0, times, on_output=None):
+    def solve_adaptive(self, y0, times, on_output=None, event=None):
         """Integrate through ``times``; returns the states at ``times``.
 
         With ``on_output`` (the adjoint's jumps), every output time is hit
-        exactly and ``on_output(i, y)`` may replace the state there; the step
+        exactly (as by a tableau without a dense output) and ``on_output(i, y)`` may replace the state there; the step
         size proposal survives the clipping, so output times cost no
-        restarts.
+        restarts. Steps also end exactly on ``step_t`` and ``jump_t``; after a
+        jump time ``f`` is evaluated afresh one ulp past it, and a step ending
+        on it evaluates its last stage one ulp before (torchdiffeq's meaning).
+        ``event(t, y, t_next, y_new, interp)`` is asked after each accepted
+        step; a result other than ``None`` ends the solve and is returned.
         """
         tab = self.tab
         t0, t_end = times[0], times[-1]
         direction = 1.0 if t_end > t0 else -1.0
         span = abs(t_end - t0)
+        # forced stops strictly inside the span (step_t, jump_t), in the direction of integration
+        jumps = self.opts.get("jump_t", ())
+        stops = sorted({x for x in (*self.opts.get("step_t", ()), *jumps) if direction * (x - t0) > 0
+                        and direction * (t_end - x) > 0}, key=lambda x: direction * x)
+        jumps = set(jumps)
+        n_stop, js = len(stops), 0
+        # a tableau without a dense output steps onto every output time (its accuracy, not an interpolant's)
+        stop_at_outputs = on_output is not None or tab.dense is None
+        cb_step, cb_accept, cb_reject = self.cb_step, self.cb_accept, self.cb_reject
+        min_step, max_step = self.min_step, self.max_step
         y = y0
         k = self.f(t0, y0)
         if "first_step" in self.opts:
             dt = self.opts["first_step"]
             y0_checked = False  # the first error-norm read checks y0
         else:
-            dt = self.initial_step(t0, y0, k, direction, span)  # its read checks y0
+            dt = self.initial_step(t0, y0, k, direction, min(span, max_step))  # its read checks y0
             y0_checked = True
+        if min_step > 0.0 or max_step < math.inf:
+            dt = min(max(dt, min_step), max_step)
         ys = [y0]
         i = 1
         n_out = len(times)
@@ -462,20 +628,33 @@ class _Integrator:
         while i < n_out:
             if stats.n_accepted + stats.n_rejected >= self.max_num_steps:
                 self._fail(f"max_num_steps={self.max_num_steps} reached before t={times[-1]!r}", t, direction * dt)
-            target = times[i] if on_output is not None else t_end
+            target = times[i] if stop_at_outputs else t_end
+            while js < n_stop and direction * (stops[js] - t) <= 0:
+                js += 1
+            on_stop = js < n_stop and direction * (stops[js] - target) <= 0
+            if on_stop:
+                target = stops[js]
             t_next = t + direction * dt
             # a step ending a few ulps short of the target would leave a sliver that no step can take
             # (an underflow): such a step goes to the target itself, as diffrax's clipping does
             clipped = direction * (target - t_next) <= SNAP_ULPS * max(math.ulp(target), math.ulp(t_next))
-            if clipped:
+            if clipped and span != math.inf:
                 t_next = target
+            else:
+                clipped = on_stop = False
             h = t_next - t
             if abs(h) <= 10 * abs(math.nextafter(t, direction * math.inf) - t):
                 what = "step size underflow"
                 if nonfinite:
                     what += " after non-finite values (nan or inf) in the state or its derivative"
                 self._fail(what, t, h)
-            y_new, ks = self.step(t, y, h, k)
+            if cb_step is not None:
+                self._callback(cb_step, t, y, h)
+            on_jump = on_stop and t_next in jumps
+            if on_jump:
+                y_new, ks = self.step(t, y, h, k, self._nudged(t_next, t))
+            else:
+                y_new, ks = self.step(t, y, h, k)
             with torch.no_grad():
                 err = _lincomb(h, tab.b_err, ks)
                 scale = torch.maximum(y.abs(), y_new.abs()).mul_(self.rtol).add_(self.atol)
@@ -486,8 +665,10 @@ class _Integrator:
             if not (y0_checked or math.isfinite(err_norm)):
                 self.check_y0(y0)
             y0_checked = True
-            if err_norm <= 1.0:
+            if err_norm <= 1.0 or (min_step > 0.0 and abs(h) <= min_step and math.isfinite(err_norm)):
                 stats.n_accepted += 1
+                if cb_accept is not None:
+                    self._callback(cb_accept, t, y, h)
                 if err_norm == 0.0:
                     factor = self.max_factor
                 else:
@@ -495,15 +676,39 @@ class _Integrator:
                 if rejected:
                     factor = min(1.0, factor)
                 rejected = False
+                k = ks[-1] if tab.fsal else None
+                f1 = None
+                if tab.dense is None:  # the interpolant needs f at the step's end; the next step reuses it
+
+                    def f1():
+                        nonlocal k
+                        if k is None:
+                            k = self.f(t_next, y_new, self._nudged(t_next, t) if on_jump else None)
+                        return k
                 # outputs inside (t, t_next]
+                interp = None
+                outs = []
                 while i < n_out and direction * (times[i] - t_next) <= 0:
                     if times[i] == t_next:
                         ys.append(y_new)
+                        outs.append((i, None))
                     else:
-                        ys.append(self.interpolate(y, h, ks, (times[i] - t) / h))
+                        if interp is None:
+                            interp = self._stepper(t, y, h, ks, y_new, f1)
+                        ys.append(interp(times[i]))
+                        outs.append((i, (times[i] - t) / h))
                     i += 1
-                k = ks[-1] if tab.fsal else None
-                if on_output is not None and clipped:
+                if self.on_step is not None:  # the checkpointed adjoint records the step and its outputs
+                    self.on_step(t, h, y, outs)
+                if event is not None:
+                    hit = event(t, y, t_next, y_new, interp or self._stepper(t, y, h, ks, y_new, f1))
+                    if hit is not None:
+                        return hit
+                if on_jump:
+                    k = None  # f is evaluated afresh on the far side of the discontinuity
+                if on_stop:
+                    js += 1
+                if on_output is not None and clipped and t_next == times[i - 1]:
                     jumped = on_output(i - 1, y_new)
                     if jumped is not None:
                         y_new = jumped
@@ -513,16 +718,22 @@ class _Integrator:
                 # a clipped step was shortened by an output time, not by the controller: keep the longer proposal
                 # from before the clip when the controller would grow the step, but follow its advice to shrink
                 dt = max(new_dt, dt) if clipped and factor > 1.0 else new_dt
+                if min_step > 0.0 or max_step < math.inf:
+                    dt = min(max(dt, min_step), max_step)
                 t, y = t_next, y_new
                 if k is None and i < n_out:
-                    k = self.f(t, y)
+                    k = self.f(t, y, self._nudged(t, t + direction) if on_jump else None)
             else:
                 stats.n_rejected += 1
+                if cb_reject is not None:
+                    self._callback(cb_reject, t, y, h)
                 if math.isfinite(err_norm):
                     dt = abs(h) * max(self.min_factor, self.safety * err_norm**self.exponent)
                 else:
                     nonfinite = True
                     dt = abs(h) * self.min_factor
+                if min_step > 0.0 or max_step < math.inf:
+                    dt = min(max(dt, min_step), max_step)
                 rejected = True
         return ys
 
@@ -545,16 +756,28 @@ class _Plan:
 
     def integrator(self):
         p = self.packing
+        if self.tab is SCIPY_METHOD:
+            if _callbacks(self.func, {}) is not None:
+                warnings.warn("method 'scipy_solver' calls no step callbacks (SciPy takes the steps)", stacklevel=4)
+            return ScipyIntegrator(p.wrap(self.func), self.rtol, self.atol, self.options, self.stats, p.dtype,
+                                   p.device)
+        norm = self.options.get("norm")
+        norm = p.rms_norm() if norm is None else _user_norm(norm, p.unpack, p.dtype, p.device)
         return _Integrator(p.wrap(self.func), self.tab, self.rtol, self.atol, self.options, self.stats,
-                           p.rms_norm(), p.dtype, p.device)
+                           norm, p.dtype, p.device, callbacks=_callbacks(self.func, self.options),
+                           unpack=p.unpack)
 
-    def run(self, y0_packed):
-        """The forward solve: the packed state at every output time."""
+    def run(self, y0_packed, on_step=None):
+        """The forward solve: the packed state at every output time (``on_step``: see ``_Integrator``)."""
         integ = self.integrator()
+        integ.on_step = on_step
         if len(self.times) == 1:
             integ.check_y0(y0_packed)
             return [y0_packed]
         if "step_size" not in self.options:
+            if self.tab is SCIPY_METHOD:
+                with torch.no_grad():
+                    return integ.solve_adaptive(y0_packed, self.times)
             return integ.solve_adaptive(y0_packed, self.times)
         return integ.solve_fixed(y0_packed, self.times)
 
@@ -566,6 +789,28 @@ class _Plan:
 
     def solution(self, ys_packed) -> Solution:
         return Solution(self.packing.unpack_stack(ys_packed), self.t_tensor(), self.stats)
+
+
+def _user_norm(norm, unpack, dtype, device):
+    """A norm given in options, called as torchdiffeq does: on the scaled error shaped like y0 (a tuple for a
+    tuple state); its result as a 0-dim tensor of the state's dtype."""
+    return lambda r: torch.as_tensor(norm(unpack(r)), dtype=dtype, device=device)
+
+
+CALLBACKS = ("callback_step", "callback_accept_step", "callback_reject_step")
+
+
+def _callbacks(func, options, suffix=""):
+    """torchdiffeq's step callbacks, looked up on ``func`` (``suffix="_adjoint"``: the backward pass's twins);
+    ``None`` when ``func`` defines none. A fixed grid has no accepted or rejected steps: setting those warns."""
+    cbs = tuple(getattr(func, name + suffix, None) for name in CALLBACKS)
+    if not any(c is not None for c in cbs):
+        return None
+    if "step_size" in options and (cbs[1] is not None or cbs[2] is not None):
+        warnings.warn(f"func defines callback_accept_step{suffix}/callback_reject_step{suffix}, but a fixed-grid "
+                      f"solve accepts every step and rejects none; only callback_step{suffix} is called", stacklevel=4)
+        cbs = (cbs[0], None, None)
+    return cbs
 
 
 def _plan(func, y0, t, rtol, atol, method, options) -> _Plan:

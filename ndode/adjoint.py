@@ -20,11 +20,14 @@ extra channel in every backward step.
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
 
-from ._core import Adjoint, Solution, SolverStats, _check_method, _check_options, _check_tol, _Integrator, _max_rms_norm
+from ._core import (Adjoint, Solution, SolverStats, _callbacks, _check_method, _check_options, _check_tol, _Integrator,
+                    _max_rms_norm)
+from .scipy_solver import SCIPY_METHOD, ScipyIntegrator
 from .solver import solve
 
 __all__ = ["BacksolveAdjoint", "odeint_adjoint", "ADJOINT_NORMS"]
@@ -131,9 +134,17 @@ class _Adjoint(torch.autograd.Function):
             # log p is not swamped by z); "full" adds every parameter tensor as its own channel (as torchdiffeq's
             # mixed norm), "seminorm" leaves the parameter adjoints out of the error estimate
             ysizes = plan.packing.sizes
-            norm = _max_rms_norm((*ysizes, *ysizes) + (tuple(psizes) if adj.norm == "full" else ()))
-            integ = _Integrator(aug_dynamics, adj.tab, adj.rtol, adj.atol, adj.options, bstats, norm,
-                                dtype, device, phase="backward pass")
+            if callable(adj.norm):
+                norm = _channel_norm(adj.norm, plan.packing.shapes, [p.shape for p in params], dtype, device)
+            else:
+                norm = _max_rms_norm((*ysizes, *ysizes) + (tuple(psizes) if adj.norm == "full" else ()))
+            if adj.tab is SCIPY_METHOD:
+                integ = ScipyIntegrator(aug_dynamics, adj.rtol, adj.atol, adj.options, bstats, dtype, device,
+                                        phase="backward pass")
+            else:
+                integ = _Integrator(aug_dynamics, adj.tab, adj.rtol, adj.atol, adj.options, bstats, norm,
+                                    dtype, device, phase="backward pass",
+                                    callbacks=_callbacks(plan.func, adj.options, "_adjoint"))
             aug0 = torch.cat([ys[-1].reshape(-1), grad_ys[-1].reshape(-1),
                               torch.zeros(np_, dtype=dtype, device=device)])
             if want_t:
@@ -151,6 +162,20 @@ class _Adjoint(torch.autograd.Function):
         stats.n_accepted_backward = bstats.n_accepted
         stats.n_rejected_backward = bstats.n_rejected
         return (None, None, grad_t, grad_y0, *grad_params)
+
+
+def _channel_norm(norm, yshapes, pshapes, dtype, device):
+    """A user's adjoint norm called as torchdiffeq calls it: on ``(t, *y, *a_y, *a_params)``, each shaped like its
+    tensor. ndode's backward state has no time channel (time gradients are boundary terms): ``t`` is 0 there."""
+    shapes = (*yshapes, *yshapes, *pshapes)
+    sizes = [math.prod(s) for s in shapes]
+    zero = torch.zeros((), dtype=dtype, device=device)
+
+    def channel_norm(r):
+        parts = tuple(x.view(s) for x, s in zip(r.split(sizes), shapes))
+        return torch.as_tensor(norm((zero, *parts)), dtype=dtype, device=device)
+
+    return channel_norm
 
 
 class _Bound:
@@ -187,8 +212,9 @@ class BacksolveAdjoint(Adjoint):
             raise TypeError(f"adjoint_options must be a dict or None, got {type(options).__name__}")
         self.options = None if options is None else dict(options)
         self.norm = DEFAULT_ADJOINT_NORM if options is None else self.options.pop("norm", DEFAULT_ADJOINT_NORM)
-        if self.norm not in ADJOINT_NORMS:
-            raise ValueError(f"adjoint_options['norm'] must be one of {', '.join(ADJOINT_NORMS)}, got {self.norm!r}")
+        if not (callable(self.norm) or self.norm in ADJOINT_NORMS):
+            raise ValueError(f"adjoint_options['norm'] must be one of {', '.join(ADJOINT_NORMS)} or a callable, "
+                             f"got {self.norm!r}")
         if params is not None:
             _check_adjoint_params(None, params)
         self.params = params
@@ -231,6 +257,9 @@ def odeint_adjoint(
     adjoint_method=None,
     adjoint_options=None,
     adjoint_params=None,
+    adjoint="backsolve",
+    *,
+    event_fn=None,
 ):
     """torchdiffeq-compatible adjoint solve: same result as :func:`ndode.odeint`, O(1) memory in the steps.
 
@@ -241,7 +270,37 @@ def odeint_adjoint(
     plus ``norm``: ``"seminorm"`` (default; the parameter-adjoint channels are
     left out of the error estimate, Kidger et al. 2021) or ``"full"``. The same
     as ``ndode.solve(..., adjoint=BacksolveAdjoint(rtol=adjoint_rtol, ...)).ys``.
+
+    ``adjoint="checkpoint"`` (not a torchdiffeq keyword) differentiates the
+    discrete solve exactly instead, by recomputing its steps in reverse
+    (:class:`ndode.CheckpointAdjoint`; no backward solve, so no
+    ``adjoint_rtol``/``atol``/``method``/``options``).
+    With ``event_fn``: solve until it crosses zero, as :func:`ndode.odeint` with ``event_fn`` (torchdiffeq's
+    event handling), gradients by the backsolve adjoint.
     """
-    adjoint = BacksolveAdjoint(rtol=adjoint_rtol, atol=adjoint_atol, method=adjoint_method,
-                               options=adjoint_options, params=adjoint_params)
+    if event_fn is not None:
+        if adjoint != "backsolve":
+            raise ValueError(f"event_fn is solved with the backsolve adjoint; adjoint={adjoint!r} is not supported with it")
+        from .event import _solve_event
+
+        return _solve_event(solve, func, y0, t, event_fn=event_fn, odeint_interface=odeint_adjoint, rtol=rtol,
+                            atol=atol, method=method, options=options, adjoint_rtol=adjoint_rtol,
+                            adjoint_atol=adjoint_atol, adjoint_method=adjoint_method,
+                            adjoint_options=adjoint_options, adjoint_params=adjoint_params)
+    if adjoint == "checkpoint":
+        given = [k for k, v in (("adjoint_rtol", adjoint_rtol), ("adjoint_atol", adjoint_atol),
+                                ("adjoint_method", adjoint_method), ("adjoint_options", adjoint_options))
+                 if v is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)} set the backsolve adjoint's backward solve; adjoint='checkpoint' "
+                             "has none (use ndode.solve(..., adjoint=ndode.CheckpointAdjoint(max_stored_steps=n)) "
+                             "to cap its memory)")
+        from .checkpoint_adjoint import CheckpointAdjoint  # that module imports this one
+
+        adjoint = CheckpointAdjoint(params=adjoint_params)
+    elif adjoint == "backsolve":
+        adjoint = BacksolveAdjoint(rtol=adjoint_rtol, atol=adjoint_atol, method=adjoint_method,
+                                   options=adjoint_options, params=adjoint_params)
+    else:
+        raise ValueError(f"adjoint must be 'backsolve' or 'checkpoint', got {adjoint!r}")
     return solve(func, y0, t, rtol=rtol, atol=atol, method=method, options=options, adjoint=adjoint).ys

@@ -8,11 +8,12 @@ never imports the adjoint: a differentiation method is an object handed to
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
 
-from ._core import METHODS, Adjoint, Solution, SolverError, SolverStats, _plan
+from ._core import METHODS, Adjoint, Solution, SolverError, SolverStats, _Integrator, _plan
 
 __all__ = ["solve", "odeint", "Solution", "SolverStats", "SolverError", "Adjoint", "METHODS"]
 
@@ -49,14 +50,97 @@ def solve(
     plan = _plan(func, y0, t, rtol, atol, method, options)
     if isinstance(adjoint, Adjoint):
         return adjoint.run(plan, y0)
-    if isinstance(t, torch.Tensor) and t.requires_grad:
-        raise ValueError(
-            "t requires grad, but direct backpropagation through odeint differentiates only y0 and the "
-            "parameters of func; use ndode.odeint_adjoint for gradients with respect to t"
-        )
-    return plan.solution(torch.stack(plan.run(plan.packing.pack(y0))))
+    y0p = plan.packing.pack(y0)
+    if isinstance(t, torch.Tensor) and t.requires_grad and torch.is_grad_enabled():
+        opts = plan.options
+        if "step_size" in opts and "grid_constructor" not in opts and "perturb" not in opts:
+            # a fixed grid: differentiate the discrete map itself, t included (each interval in rescaled time)
+            return plan.solution(torch.stack(_traced_grid(plan, y0p, t)))
+        # the time gradients are the exact boundary terms (as the adjoint's): the solve's operations never see t
+        ys = plan.run(_TimeIn.apply(plan, t, y0p))
+        ys[0] = y0p  # y(t_0) = y0 whatever t_0 is: its gradient goes to y0 only
+        return plan.solution(_TimeOut.apply(plan, t, torch.stack(ys)))
+    return plan.solution(torch.stack(plan.run(y0p)))
 
 
-def odeint(func, y0, t, rtol=1e-7, atol=1e-9, method="dopri5", options=None):
-    """torchdiffeq-compatible: returns ``y`` at every ``t``, differentiable by ordinary autograd."""
+def _traced_grid(plan, y0, t):
+    """A fixed-grid solve whose output times are in the graph: on ``[t_a, t_b]`` with ``n`` steps the method
+    takes the same steps as on ``ds/dt = Δ f(t_a + sΔ, y)``, ``s ∈ [0, 1]``, ``Δ = t_b - t_a`` (a tensor), so
+    ordinary autograd differentiates the discrete solution with respect to ``t`` exactly."""
+    p = plan.packing
+    func = p.wrap(plan.func)
+    tt = t.to(p.dtype)
+    h = plan.options["step_size"]
+    ys = [y0]
+    for i in range(1, len(plan.times)):
+        ta, d = tt[i - 1], tt[i] - tt[i - 1]
+        n = 1 if h is None else max(1, math.ceil(abs(plan.times[i] - plan.times[i - 1]) / h * (1 - 1e-12)))
+        integ = _Integrator(lambda s, y, ta=ta, d=d: d * func(ta + s * d, y), plan.tab, plan.rtol, plan.atol,
+                            {"step_size": 1.0 / n}, plan.stats, None, p.dtype, p.device)
+        ys.append(integ.solve_fixed(ys[-1], [0.0, 1.0])[-1])
+    return ys
+
+
+def _f_at(plan, i, y):
+    """``func(t_i, y)`` (packed, in the state's dtype) without a graph: for the time gradients."""
+    p = plan.packing
+    with torch.no_grad():
+        return p.wrap(plan.func)(torch.scalar_tensor(plan.times[i], dtype=p.dtype, device=p.device), y).to(p.dtype)
+
+
+class _TimeIn(torch.autograd.Function):
+    """Identity on the packed y0 on its way into the solve. Backward: ``a``, the gradient reaching y0 through the
+    solve (not through the output ``y(t_0) = y0``), gives ``∂L/∂t_0 = -aᵀ f(t_0, y_0)``."""
+
+    @staticmethod
+    def forward(ctx, plan, t, y0):
+        ctx.plan, ctx.t_meta = plan, (t.shape, t.dtype, t.device)
+        ctx.save_for_backward(y0)
+        return y0.view_as(y0)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, a):
+        (y0,) = ctx.saved_tensors
+        shape, dtype, device = ctx.t_meta
+        grad_t = torch.zeros(shape, dtype=dtype, device=device)
+        grad_t[0] = -torch.sum(a * _f_at(ctx.plan, 0, y0)).to(dtype)
+        return None, grad_t, a
+
+
+class _TimeOut(torch.autograd.Function):
+    """Identity on the stacked outputs. Backward: ``∂L/∂t_i = g_iᵀ f(t_i, y_i)`` for ``i ≥ 1`` (``g_i``: the
+    gradient reaching ``y(t_i)``), the Appendix B.2 boundary terms."""
+
+    @staticmethod
+    def forward(ctx, plan, t, ys):
+        ctx.plan, ctx.t_meta = plan, (t.shape, t.dtype, t.device)
+        ctx.save_for_backward(ys)
+        return ys.view_as(ys)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):
+        (ys,) = ctx.saved_tensors
+        shape, dtype, device = ctx.t_meta
+        grad_t = torch.zeros(shape, dtype=dtype, device=device)
+        for i in range(1, len(ctx.plan.times)):
+            grad_t[i] = torch.sum(g[i] * _f_at(ctx.plan, i, ys[i])).to(dtype)
+        return None, grad_t, g
+
+
+def odeint(func, y0, t, rtol=1e-7, atol=1e-9, method="dopri5", options=None, *, event_fn=None):
+    """torchdiffeq-compatible: returns ``y`` at every ``t``, differentiable by ordinary autograd (``y0``, the
+    parameters of ``func``, and ``t`` when it requires grad). ``method=None`` means ``"dopri5"``.
+
+    With ``event_fn`` (torchdiffeq's event handling): integrate from ``t[0]`` (in the direction of ``t[1]``
+    if given) until ``event_fn(t, y)`` crosses zero; returns ``(t_event, ys)`` with ``ys`` the state at
+    ``[t[0], t_event]``; see :func:`ndode.odeint_event`.
+    """
+    method = "dopri5" if method is None else method
+    if event_fn is not None:
+        from .event import _solve_event
+
+        return _solve_event(solve, func, y0, t, event_fn=event_fn, rtol=rtol, atol=atol, method=method,
+                            options=options)
     return solve(func, y0, t, rtol=rtol, atol=atol, method=method, options=options).ys

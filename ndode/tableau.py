@@ -307,6 +307,107 @@ TSIT5 = ButcherTableau(
     reference="Tsitouras, Comput. Math. Appl. 62 (2011)",
 )
 
+HEUN3 = ButcherTableau(
+    "heun3",
+    3,
+    c=(0, "1/3", "2/3"),
+    a=((), ("1/3",), (0, "2/3")),
+    b=("1/4", 0, "3/4"),
+    reference="Heun's third-order method (Heun 1900)",
+)
+
+# Euler embedded in Heun's method: a 2(1) pair
+ADAPTIVE_HEUN = ButcherTableau(
+    "adaptive_heun",
+    2,
+    c=(0, 1),
+    a=((), (1,)),
+    b=("1/2", "1/2"),
+    b_err=("-1/2", "1/2"),
+    error_order=1,
+    reference="Heun's method with Euler as the embedded method",
+)
+
+# Fehlberg's RKF1(2) with the 2nd-order solution propagated: 3 stages
+FEHLBERG2 = ButcherTableau(
+    "fehlberg2",
+    2,
+    c=(0, "1/2", 1),
+    a=((), ("1/2",), ("1/256", "255/256")),
+    b=("1/512", "255/256", "1/512"),
+    b_err=("-1/512", 0, "1/512"),
+    error_order=1,
+    reference="Fehlberg, NASA TR R-315 (1969), RKF1(2)",
+)
+
+# Dormand & Prince's 8th-order method with Hairer's 5th-order embedded error estimate: the 12 stages of DOP853
+# (Hairer, Nørsett & Wanner, Solving ODEs I, 2nd ed., §II.10; coefficients as in Hairer's dop853.f, which SciPy's
+# DOP853 transcribes). DOP853 also combines a 3rd-order estimate into its error and has a 7th-order dense output
+# from 3 extra stages; here the single 5th-order estimate drives the steps, and between steps a cubic Hermite
+# interpolant gives the outputs. The order conditions up to 8 (200 rooted trees) are checked at import.
+DOPRI8 = ButcherTableau(
+    "dopri8",
+    8,
+    c=(
+        0.0, 0.05260015195876773, 0.0789002279381516, 0.1183503419072274, 0.2816496580927726, 0.3333333333333333,
+        0.25, 0.3076923076923077, 0.6512820512820513, 0.6, 0.8571428571428571, 1.0
+    ),
+    a=(
+        (),
+        (
+            0.05260015195876773,
+        ),
+        (
+            0.0197250569845379, 0.0591751709536137
+        ),
+        (
+            0.02958758547680685, 0.0, 0.08876275643042054
+        ),
+        (
+            0.2413651341592667, 0.0, -0.8845494793282861, 0.924834003261792
+        ),
+        (
+            0.037037037037037035, 0.0, 0.0, 0.17082860872947386, 0.12546768756682242
+        ),
+        (
+            0.037109375, 0.0, 0.0, 0.17025221101954405, 0.06021653898045596, -0.017578125
+        ),
+        (
+            0.03709200011850479, 0.0, 0.0, 0.17038392571223998, 0.10726203044637328, -0.015319437748624402,
+            0.008273789163814023
+        ),
+        (
+            0.6241109587160757, 0.0, 0.0, -3.3608926294469414, -0.868219346841726, 27.59209969944671,
+            20.154067550477894, -43.48988418106996
+        ),
+        (
+            0.47766253643826434, 0.0, 0.0, -2.4881146199716677, -0.590290826836843, 21.230051448181193,
+            15.279233632882423, -33.28821096898486, -0.020331201708508627
+        ),
+        (
+            -0.9371424300859873, 0.0, 0.0, 5.186372428844064, 1.0914373489967295, -8.149787010746927,
+            -18.52006565999696, 22.739487099350505, 2.4936055526796523, -3.0467644718982196
+        ),
+        (
+            2.273310147516538, 0.0, 0.0, -10.53449546673725, -2.0008720582248625, -17.9589318631188,
+            27.94888452941996, -2.8589982771350235, -8.87285693353063, 12.360567175794303, 0.6433927460157636
+        ),
+    ),
+    b=(
+        0.054293734116568765, 0.0, 0.0, 0.0, 0.0, 4.450312892752409, 1.8915178993145003, -5.801203960010585,
+        0.3111643669578199, -0.1521609496625161, 0.20136540080403034, 0.04471061572777259
+    ),
+    b_err=(
+        0.01312004499419488, 0.0, 0.0, 0.0, 0.0, -1.2251564463762044, -0.4957589496572502, 1.6643771824549864,
+        -0.35032884874997366, 0.3341791187130175, 0.08192320648511571, -0.022355307863886294
+    ),
+    error_order=5,
+    reference="Prince & Dormand, J. Comput. Appl. Math. 7 (1981); Hairer, Nørsett & Wanner I, §II.10 (DOP853)",
+)
+
+
 TABLEAUS: dict[str, ButcherTableau] = {
-    t.name: t for t in (EULER, MIDPOINT, HEUN, RK4, BOSH3, DOPRI5, TSIT5)
+    t.name: t for t in (EULER, MIDPOINT, HEUN, HEUN3, RK4, ADAPTIVE_HEUN, FEHLBERG2, BOSH3, DOPRI5, TSIT5, DOPRI8)
 }
+# torchdiffeq's name for Heun's method
+TABLEAUS["heun2"] = HEUN

@@ -4,6 +4,8 @@
 ode_demo: results/figures/ode_demo.png, from the arrays saved by the chosen run
 (default: the cpu-budget run with default settings and seed 0, as `make demo` makes it).
 mnist: results/figures/mnist_fig3.png (the paper's Figure 3) from the ODE-Net run's sweep and metrics.
+cnf: results/figures/cnf_fig4.png, cnf_fig5.png, cnf_toy.png from the arrays and records of every finished cnf run
+at the budget (default cpu), the lowest seed's arrays for the density panels.
 latent_ode: results/figures/latent_fig8.png and latent_fig9.png (the paper's Figures 8 and 9) from the
 arrays of the RNN and latent-ODE runs at n_obs = 30, seed 0.
 
@@ -20,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ndode.harness import read_jsonl
+from ndode.harness.config import auto_budget
 from ndode.report.figures import plot_ode_demo, save_figure
 from ndode.report.latent_ode import plot_fig8, plot_fig9
 from ndode.report.mnist import plot_fig3
@@ -67,7 +70,62 @@ def latent_ode(runs: Path, out: Path, run: str | None, budget: str | None = None
             save_figure(plot_fig9(arrays["latent_ode"]), out / "latent_fig9.png")]
 
 
-FIGURES = {"ode_demo": ode_demo, "mnist": mnist, "latent_ode": latent_ode}
+def cnf(runs: Path, out: Path, run: str | None, budget: str | None = None) -> list[Path]:
+    """Figures 4 and 5 and the FFJORD toy grid, from every finished cnf run at ``budget`` (default cpu)."""
+    import pandas as pd
+
+    from ndode.harness import load_runs
+    from ndode.report import cnf as C
+
+    if run is not None:
+        raise ValueError("cnf figures combine many runs; use --budget, not --run")
+    budget = budget or "cpu"
+    root = runs / "cnf"
+    df = load_runs(root) if root.is_dir() else pd.DataFrame()
+    if not df.empty:
+        df = df[df["budget.name"] == budget]
+    if df.empty:
+        raise FileNotFoundError(f"no finished cnf runs at budget={budget} under {root} "
+                                f"(run `make reproduce-cnf BUDGET={budget}` first)")
+    df = df.sort_values("seed", kind="stable")
+
+    def arrays(rows, key):
+        got = {}
+        for _, r in rows.iterrows():
+            k = key(r)
+            path = Path(r["run_dir"]) / "arrays" / "cnf.npz"
+            if k not in got and path.exists():
+                with np.load(path) as z:
+                    got[k] = dict(z)
+        return got
+
+    paths = []
+    dens = df[df["task"] == "density"]
+    if len(dens):
+        a = arrays(dens, lambda r: (r["data"], r["flow"], int(r["size"])))
+        fig = C.plot_fig4(a, C.fig4_table(df), title=f"Density matching (paper Figure 4), budget={budget}: "
+                          "target, planar flows (K layers), CNFs (M units), final KL")
+        paths.append(save_figure(fig, out / "cnf_fig4.png"))
+    fig5 = df[df["data"].isin(C.FIG5_DATA) & df["flow"].isin(["planar", "cnf"])]
+    if len(fig5):
+        a = arrays(fig5, lambda r: (r["data"], r["flow"]))
+        fig = C.plot_fig5(a, title=f"Noise to data (paper Figure 5), budget={budget}: planar flow K=64 vs CNF M=64, "
+                          "density and samples along the flow")
+        paths.append(save_figure(fig, out / "cnf_fig5.png"))
+    toys = df[df["flow"] == "ffjord"]
+    if len(toys):
+        a = arrays(toys, lambda r: r["data"])
+        recs = []
+        for _, r in toys.drop_duplicates("data").iterrows():
+            records = read_jsonl(Path(r["run_dir"]) / "metrics.jsonl")
+            rec = pd.DataFrame([x for x in records if x.get("kind") == "train"])
+            recs.append(rec.assign(dataset=r["data"]))
+        fig = C.plot_toy(a, pd.concat(recs), C.toy_table(df), title=f"FFJORD toy densities, budget={budget}")
+        paths.append(save_figure(fig, out / "cnf_toy.png"))
+    return paths
+
+
+FIGURES = {"ode_demo": ode_demo, "mnist": mnist, "cnf": cnf, "latent_ode": latent_ode}
 
 
 def main(argv=None) -> int:
@@ -76,8 +134,11 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="results/figures", help="output directory (default: %(default)s)")
     ap.add_argument("--experiment", action="append", choices=sorted(FIGURES), help="only these (repeatable)")
     ap.add_argument("--run", help="run directory name to draw from (one experiment)")
-    ap.add_argument("--budget", help="draw from the default run at this budget (default: cpu)")
+    ap.add_argument("--budget", help="draw from the default run at this budget (default: cpu; auto: paper with CUDA, "
+                    "else cpu, as the runs resolve it)")
     args = ap.parse_args(argv)
+    if args.budget == "auto":
+        args.budget = auto_budget()
     names = args.experiment or sorted(FIGURES)
     status = 0
     for name in names:

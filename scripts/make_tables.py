@@ -2,6 +2,10 @@
 """Collect run records into tables: results/summary/<experiment>.csv (one row per run) and
 results/tables/<experiment>.md (mean ± std over seeds), for every experiment with a TableSpec.
 
+Unless W&B is disabled (WANDB_MODE=disabled, or runs made with logger=none), each experiment's
+tables and figures (its entry in ndode/report/registry.py) also go to its W&B `summary` run, one
+per (experiment, budget), replaced by the next `make tables` (offline: upload with `make sync`).
+
     python scripts/make_tables.py                      # all experiments under results/runs
     python scripts/make_tables.py --experiment ode_demo --budget cpu
 """
@@ -13,6 +17,9 @@ import sys
 from pathlib import Path
 
 from ndode.harness import atomic_write_text, load_runs
+from ndode.harness.config import auto_budget
+from ndode.report import cnf as C
+from ndode.report.dashboard import publish_summaries
 from ndode.report.latent_ode import table2, table2_markdown
 from ndode.report.mnist import table1, table1_markdown
 from ndode.report.tables import TABLES, markdown_table, runs_table, seed_table
@@ -44,7 +51,55 @@ def latent_ode(part, out: Path) -> list[Path]:
     return paths
 
 
-CUSTOM = {"mnist": mnist, "latent_ode": latent_ode}  # experiments whose tables are more than mean ± std of a few metrics
+def cnf(part, out: Path) -> list[Path]:
+    """Figures 4 and 5 and the FFJORD toys: results/tables/cnf_{fig4_loss,fig5_nll,toy_nll}.{md,csv}."""
+    budgets = sorted(set(part["budget.name"]))
+    if len(budgets) > 1:
+        raise ValueError(f"cnf runs at several budgets {budgets}: choose one with --budget")
+    budget, paths = budgets[0], []
+
+    def steps(rows) -> dict:
+        return {f"{C.MODEL_LABELS.get(f, f)}": int(s) for f, s in rows.groupby("flow")["steps"].max().items()}
+
+    def first(col, rows):
+        return int(rows[col].iloc[0]) if len(rows) else "–"
+
+    dens = part[part["task"] == "density"]
+    mle = part[part["data"].isin(C.FIG5_DATA)]
+    f4, f5 = C.fig4_table(part), C.fig5_table(part)
+    checks = C.claims(f4, f5)
+    outputs = [("cnf_fig4_loss", f4, lambda: C.fig4_markdown(f4, checks, budget, first("budget.kl_samples", dens),
+                                                             steps(dens))),
+               ("cnf_fig5_nll", f5, lambda: C.fig5_markdown(f5, checks, budget, first("budget.test_size", mle),
+                                                            steps(mle)))]
+    toys = part[part["flow"] == "ffjord"]
+    if len(toys):
+        tt = C.toy_table(part)
+        outputs.append(("cnf_toy_nll", tt, lambda: C.toy_markdown(tt, budget, first("budget.test_size", toys),
+                                                                  first("steps", toys))))
+    for name, table, md in outputs:
+        if table.empty:
+            continue
+        paths += [out / "tables" / f"{name}.md", out / "tables" / f"{name}.csv"]
+        atomic_write_text(paths[-2], md())
+        atomic_write_text(paths[-1], table.to_csv(index=False))
+    keep = [c for c in part.columns if not c.startswith(("logger.", "budget.plan.")) and c not in ("run_root", "quiet",
+                                                                                                   "run_dir")]
+    paths.append(out / "summary" / "cnf.csv")
+    atomic_write_text(paths[-1], part[keep].to_csv(index=False))
+    return paths
+
+
+CUSTOM = {"mnist": mnist, "cnf": cnf, "latent_ode": latent_ode}  # experiments whose tables are more than mean ± std of a few metrics
+
+
+def _failed_runs(root, budgets) -> dict:
+    """How many failed runs (status ``failed`` in meta.json) each experiment has: tables leave them out and say so."""
+    runs = load_runs(root, finished_only=False)
+    runs = runs[runs["status"] == "failed"]
+    if budgets and not runs.empty:
+        runs = runs[runs["budget.name"].isin(budgets)]
+    return runs["experiment"].value_counts().to_dict() if not runs.empty else {}
 
 
 def main(argv=None) -> int:
@@ -52,12 +107,15 @@ def main(argv=None) -> int:
     ap.add_argument("--runs", default="results/runs", help="root of the run records (default: %(default)s)")
     ap.add_argument("--out", default="results", help="writes <out>/summary/*.csv and <out>/tables/*.md")
     ap.add_argument("--experiment", action="append", help="only these experiments (repeatable)")
-    ap.add_argument("--budget", action="append", help="only runs at these budgets (repeatable)")
+    ap.add_argument("--budget", action="append", help="only runs at these budgets (repeatable; auto: paper with CUDA, "
+                    "else cpu, as the runs resolve it)")
     args = ap.parse_args(argv)
+    args.budget = [auto_budget() if b == "auto" else b for b in args.budget or []] or None
     if not Path(args.runs).is_dir():
         print(f"no run records under {args.runs}: run an experiment first (e.g. make demo)", file=sys.stderr)
         return 1
     df = load_runs(args.runs)
+    failed = _failed_runs(args.runs, args.budget)
     if df.empty:
         print(f"no finished runs under {args.runs}", file=sys.stderr)
         return 1
@@ -72,20 +130,27 @@ def main(argv=None) -> int:
     out = Path(args.out)
     (out / "summary").mkdir(parents=True, exist_ok=True)
     (out / "tables").mkdir(parents=True, exist_ok=True)
+    written = []
     for name in wanted:
         part = df[df["experiment"] == name]
+        n_failed = failed.get(name, 0)
+        left_out = f"left out {n_failed} failed run(s) (status 'failed' in their meta.json)" if n_failed else ""
         if part.empty:
-            print(f"{name}: no finished runs, skipped", file=sys.stderr)
+            print(f"{name}: no finished runs, skipped" + (f"; {left_out}" if left_out else ""), file=sys.stderr)
             continue
+        written.append(name)
         if name in CUSTOM:
             paths = CUSTOM[name](part.dropna(axis=1, how="all"), out)  # other experiments' columns
-            print(f"{name}: {len(part)} runs -> " + ", ".join(map(str, paths)))
+            print(f"{name}: {len(part)} runs -> " + ", ".join(map(str, paths)) + (f"; {left_out}" if left_out else ""))
             continue
         spec = TABLES[name]
         csv_path, md_path = out / "summary" / f"{name}.csv", out / "tables" / f"{name}.md"
         atomic_write_text(csv_path, runs_table(part, spec).to_csv(index=False))
-        atomic_write_text(md_path, markdown_table(seed_table(part, spec.by, spec.metrics), spec))
-        print(f"{name}: {len(part)} runs -> {csv_path}, {md_path}")
+        md = markdown_table(seed_table(part, spec.by, spec.metrics), spec)
+        atomic_write_text(md_path, md + (f"\n{left_out[0].upper()}{left_out[1:]}.\n" if left_out else ""))
+        print(f"{name}: {len(part)} runs -> {csv_path}, {md_path}" + (f"; {left_out}" if left_out else ""))
+    for line in publish_summaries(df, written, out, Path(args.runs)):
+        print(line)
     return 0
 
 

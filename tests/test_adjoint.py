@@ -184,7 +184,7 @@ def test_bad_adjoint_input_is_named():
         ndode.odeint_adjoint(lambda t, y: -y * wg, Y0, T, adjoint_params=wg)
     with pytest.raises(ValueError, match=r"unknown adjoint_options \['nrom'\].*allowed: first_step.*norm"):
         ndode.odeint_adjoint(m, Y0, T, adjoint_options={"nrom": "seminorm"})
-    with pytest.raises(ValueError, match=r"adjoint_options\['norm'\] must be one of seminorm, full, got 'max'"):
+    with pytest.raises(ValueError, match=r"adjoint_options\['norm'\] must be one of seminorm, full or a callable, got 'max'"):
         ndode.odeint_adjoint(m, Y0, T, adjoint_options={"norm": "max"})
     with pytest.raises(ValueError, match="unknown adjoint_method 'adams'; known methods"):
         ndode.odeint_adjoint(m, Y0, T, adjoint_method="adams")

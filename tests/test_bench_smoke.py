@@ -37,7 +37,10 @@ def test_bench_tiny_writes_everything(tmp_path):
     # every peer took part somewhere, and ndode's own NFE statistics agree with a counted func
     peers = set(results["overhead"].peer) | set(results["work_precision"].peer)
     assert peers == {"ndode", "torchdiffeq", "torchode", "scipy"}
-    assert "## 1. Solver overhead" in readme and "## 6. Backward NFE" in readme
+    assert "## 1. Solver overhead" in readme and "## 6. Backward NFE" in readme and "## 7. CNF training" in readme
+    cnf = results["cnf_step"]
+    assert set(cnf.library) == {"ndode", "torchdiffeq"} and (cnf.nfe_forward > 6).all() and (cnf.nfe_backward > 6).all()
+    assert (cnf.grad_rel_diff_vs_torchdiffeq_full < 1e-2).all()  # same model, data, tolerances: same gradient
     assert (tmp_path / "machine.json").exists()
 
 

@@ -22,6 +22,7 @@ from hydra.errors import ConfigCompositionException  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
 from ndode.harness import ConfigError, RunRecord, RunRecordError, load_runs, run_experiment  # noqa: E402
+import ndode  # noqa: E402
 from ndode.harness.config import NAME_EXCLUDED_KEYS, run_name, solver_kwargs  # noqa: E402
 from ndode.harness.record import atomic_write_text, read_jsonl  # noqa: E402
 from ndode.harness import wandb_mirror  # noqa: E402
@@ -74,7 +75,13 @@ def test_primary_config_composes_with_groups():
     assert cfg.budget.name == "paper" and cfg.budget.steps > 1000 and cfg.seed == 3
     assert solver_kwargs(cfg.solver) == dict(method="rk4", rtol=1e-5, atol=1e-6, options={"step_size": 0.025},
                                              adjoint=None)
-    assert compose_demo("solver=dopri5_adjoint").solver.adjoint is True
+    assert compose_demo("solver=dopri5_adjoint").solver.adjoint.name == "backsolve"
+    assert compose_demo("solver=dopri5_adjoint").solver.adjoint and not compose_demo().solver.adjoint  # reads as a bool
+    ck = solver_kwargs(compose_demo("solver.adjoint=checkpoint").solver)["adjoint"]
+    assert isinstance(ck, ndode.CheckpointAdjoint)
+    with pytest.raises(Exception, match="solver.adjoint=true") as e:  # the choice is named, not a bool
+        compose_demo("solver.adjoint=true")
+    assert "expected one of [none, backsolve, checkpoint]" in str(e.value.__cause__)
     assert compose_demo("budget=smoke").budget.steps == 30 and compose_demo("budget=smoke").budget.refine_steps == 1
 
 
@@ -96,7 +103,7 @@ def test_bad_override_fails_while_composing(override, words):
 @pytest.mark.parametrize("override, words", [
     ("solver.rtol=-1", ["solver.rtol", "-1"]),
     ("solver.adaptive=true solver.method=rk4", ["solver.adaptive", "rk4"]),
-    ("solver.step_size=null solver.method=euler", ["solver.step_size", "euler"]),
+    ("solver.step_size=null solver.method=dopri5 solver.adaptive=false", ["solver.step_size", "dopri5"]),
     ("budget.refine_steps=30", ["budget.refine_steps", "30"]),
     ("optim.name=sgd", ["optim.name", "sgd", "adam"]),
     ("logger.mode=loud", ["logger.mode", "loud", "offline"]),

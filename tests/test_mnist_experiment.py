@@ -16,6 +16,7 @@ from hydra.errors import ConfigCompositionException  # noqa: E402
 
 import ndode.data._provision as M  # noqa: E402
 from ndode.harness import ConfigError, run_experiment  # noqa: E402
+import ndode  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -97,8 +98,8 @@ def test_rknet_is_odenet_without_the_adjoint():
 
     rk, ode = compose_mnist("model=rknet"), compose_mnist("model=odenet")
     assert rk.model.name.name == ode.model.name.name == "odenet"
-    assert rk.solver.adjoint is False and ode.solver.adjoint is True
-    same = compose_mnist("model=odenet", "solver.adjoint=false")
+    assert rk.solver.adjoint.name == "none" and ode.solver.adjoint.name == "backsolve"
+    same = compose_mnist("model=odenet", "solver.adjoint=none")
     assert OmegaConf.to_container(same) == OmegaConf.to_container(rk)
 
 
@@ -127,7 +128,7 @@ def test_missing_data_says_how_to_provide_it(tmp_path):
 def test_table1_is_a_pure_function_of_run_records():
     import pandas as pd
 
-    from ndode.report.mnist import table1, table1_markdown
+    from ndode.report.mnist import model_key, table1, table1_markdown
 
     base = {"budget.name": "cpu", "params": 208266, "epochs": 3.0, "test_time_per_128_s": 0.2}
     df = pd.DataFrame([
@@ -155,6 +156,8 @@ def test_table1_is_a_pure_function_of_run_records():
     rk = pd.DataFrame([{**df.iloc[0].to_dict(), "solver.adjoint": False},
                        {**df.iloc[1].to_dict(), "model.name": "rknet", "solver.adjoint": False}])
     assert list(table1(rk)["model"]) == ["rknet"] and table1(rk)["n_seeds"].iloc[0] == 2
+    assert [model_key("odenet", a) for a in (None, True, "backsolve", False, "none", "checkpoint")] == \
+        ["odenet", "odenet", "odenet", "rknet", "rknet", "odenet_checkpoint"]
     with pytest.raises(KeyError, match="lack columns"):
         table1(df.drop(columns=["saved_bytes"]))
 
@@ -167,7 +170,10 @@ def test_every_solver_option_reaches_the_ode_block():
 
     cfg = validate(compose_mnist("model=rknet", "solver.max_num_steps=7", "solver.rtol=1e-4"))
     block = next(ode_blocks(build_mnist_model(cfg.model.name.name, **mnist._model_kwargs(cfg))))
-    assert block.options == {"max_num_steps": 7} and block.rtol == 1e-4 and block.adjoint is False
+    assert block.options == {"max_num_steps": 7} and block.rtol == 1e-4 and block.adjoint is None
     cfg = validate(compose_mnist("model=odenet", "solver=rk4", "solver.step_size=0.25"))
     block = next(ode_blocks(build_mnist_model(cfg.model.name.name, **mnist._model_kwargs(cfg))))
-    assert block.method == "rk4" and block.options == {"step_size": 0.25} and block.adjoint is True
+    assert block.method == "rk4" and block.options == {"step_size": 0.25} and block.adjoint == "backsolve"
+    cfg = validate(compose_mnist("model=odenet", "solver.adjoint=checkpoint"))
+    block = next(ode_blocks(build_mnist_model(cfg.model.name.name, **mnist._model_kwargs(cfg))))
+    assert block.adjoint == "checkpoint" and isinstance(block.adjoint_method, ndode.CheckpointAdjoint)

@@ -13,6 +13,7 @@ from ndode.tableau import ButcherTableau, TableauError
 ALL = list(ndode.METHODS)
 ADAPTIVE = [m for m in ALL if ndode.TABLEAUS[m].adaptive]
 FIXED = [m for m in ALL if not ndode.TABLEAUS[m].adaptive]
+DENSE = [m for m in ADAPTIVE if ndode.TABLEAUS[m].dense is not None]  # the others step onto output times
 
 
 def opts_for(method, step=0.01):
@@ -87,7 +88,7 @@ def test_order_of_convergence(method):
     y0 = torch.tensor([1.0, 0.0], dtype=torch.float64)
     T = 10.0
     exact = torch.tensor([math.cos(T), -math.sin(T)], dtype=torch.float64)
-    steps = [0.1, 0.05, 0.025, 0.0125] if tab.order < 5 else [0.4, 0.2, 0.1, 0.05]
+    steps = [0.1, 0.05, 0.025, 0.0125] if tab.order < 5 else [0.4, 0.2, 0.1, 0.05] if tab.order < 8 else [1.0, 0.8, 0.6, 0.5]
     errs = []
     for h in steps:
         y = ndode.odeint(lambda t, y: torch.stack([y[1], -y[0]]), y0, torch.tensor([0.0, T], dtype=torch.float64),
@@ -97,7 +98,7 @@ def test_order_of_convergence(method):
     assert abs(slope - tab.order) < 0.3, (method, slope, errs)
 
 
-@pytest.mark.parametrize("method", ADAPTIVE)
+@pytest.mark.parametrize("method", DENSE)
 def test_dense_output_order(method):
     """The interpolant's local error shrinks like h^(p*+1), p* its order (3 for bosh3, 4 otherwise)."""
     tab = ndode.TABLEAUS[method]
@@ -127,7 +128,9 @@ def test_exponential_decay_and_oscillator(method, dtype, device):
     ys = ndode.odeint(lambda t, y: -lam * y, torch.ones(3, dtype=dtype, device=device), t, rtol=tol, atol=tol,
                       method=method, options=o)
     exact = torch.exp(-t[:, None] * lam)
-    bound = {"euler": 5e-3, "midpoint": 1e-5, "heun": 1e-5}.get(method, 50 * tol if dtype == torch.float64 else 1e-4)
+    # fehlberg2's embedded first-order estimate (coefficient 1/512) underrates its error: a looser bound
+    bound = {"euler": 5e-3, "midpoint": 1e-5, "heun": 1e-5, "heun2": 1e-5, "fehlberg2": 5e-3}.get(
+        method, 50 * tol if dtype == torch.float64 else 1e-4)
     assert ys.dtype == dtype and ys.shape == (7, 3) and ys.device == device
     assert (ys - exact).abs().max() < bound
     # harmonic oscillator y'' = -y
@@ -137,7 +140,7 @@ def test_exponential_decay_and_oscillator(method, dtype, device):
     assert (ys - exact).abs().max() < bound
 
 
-@pytest.mark.parametrize("method", ADAPTIVE)
+@pytest.mark.parametrize("method", [m for m in ADAPTIVE if ndode.TABLEAUS[m].order >= 3])  # 2nd order: 10⁶ steps
 def test_linear_system_against_matrix_exp(method):
     g = torch.Generator().manual_seed(0)
     A = torch.randn(10, 10, generator=g, dtype=torch.float64) / 3 - 0.5 * torch.eye(10, dtype=torch.float64)
@@ -200,7 +203,7 @@ def test_single_output_time_returns_y0():
 # ------------------------------------------------------------------ dense output
 
 
-@pytest.mark.parametrize("method", ADAPTIVE)
+@pytest.mark.parametrize("method", DENSE)
 def test_dense_output_matches_forced_steps(method):
     y0 = torch.tensor([2.0, 0.0], dtype=torch.float64)
     t = torch.linspace(0, 6, 41, dtype=torch.float64)
@@ -302,14 +305,20 @@ F = lambda t, y: -y  # noqa: E731
         (dict(func=lambda t, y: 3.0), TypeError, "func must return a tensor"),
         (dict(func="f"), TypeError, "func must be callable"),
         (dict(options={"stepsize": 0.1}), ValueError, r"unknown options \['stepsize'\] for adaptive method 'dopri5'; allowed: first_step"),
-        (dict(method="rk4"), ValueError, "method 'rk4' is fixed-step and needs options=\\{'step_size': h\\}"),
+        (dict(method="rk4", options={"step_size": 0.1, "grid_constructor": lambda f, y, t: t}), ValueError,
+         r"options\['step_size'\] and options\['grid_constructor'\] both given"),
+        (dict(method="rk4", options={"grid_constructor": 1.0}), TypeError, r"options\['grid_constructor'\] must be callable"),
+        (dict(method="rk4", options={"perturb": 1}), TypeError, r"options\['perturb'\] must be True or False"),
+        (dict(options={"norm": "rms"}), TypeError, r"options\['norm'\] must be callable"),
+        (dict(options={"min_step": 2.0, "max_step": 1.0}), ValueError, r"options\['min_step'\]=2.0 exceeds"),
+        (dict(options={"jump_t": [0.5, float("nan")]}), ValueError, r"options\['jump_t'\] must be a 1-D tensor or list"),
+        (dict(options={"jump_t": [0.5], "step_t": [0.5]}), ValueError, "share times"),
         (dict(method="rk4", options={"step_size": -0.1}), ValueError, r"options\['step_size'\] must be a finite number > 0"),
         (dict(method="rk4", options={"step_size": 0.1, "first_step": 0.1}), ValueError, r"unknown options \['first_step'\] for fixed-step"),
         (dict(options={"safety": 1.5}), ValueError, r"options\['safety'\] must be a finite number in \(0.0, 1.0\]"),
         (dict(options={"max_num_steps": 2.5}), ValueError, r"options\['max_num_steps'\] must be an integer"),
         (dict(options={"step_size": 0.1, "first_step": 0.1}), ValueError, "do not apply with"),
         (dict(options=[1]), TypeError, "options must be a dict"),
-        (dict(t=torch.tensor([0.0, 1.0], requires_grad=True)), ValueError, "use ndode.odeint_adjoint"),
     ],
 )
 def test_bad_input_is_named(kwargs, exc, msg):

@@ -2,7 +2,7 @@
 
 This DataFrame is the single input of all tables and figures. One row per run:
 
-* ``run`` (path relative to the root), ``run_dir`` (the root as given joined with ``run``: relative when the root is, so committed tables hold no machine paths), ``run_name``, ``status`` (``done`` or ``unfinished``),
+* ``run`` (path relative to the root), ``run_dir`` (the root as given joined with ``run``: relative when the root is, so committed tables hold no machine paths), ``run_name``, ``status`` (``done``, or for an unfinished run ``failed``, ``interrupted`` or ``unfinished``, with the ``reason`` from ``meta.json``),
 * the resolved config flattened with dots (``solver.method``, ``budget.name``, ``seed``, ...),
 * the summary metrics (``summary.json``, flattened the same way),
 * ``git_commit``, ``git_dirty``, ``started``, ``finished`` from ``meta.json``.
@@ -41,7 +41,9 @@ def load_runs(root: str | os.PathLike, finished_only: bool = True) -> pd.DataFra
     """Load every run record under ``root`` (recursively) into a DataFrame, sorted by ``run``.
 
     ``finished_only`` (default) keeps runs with a ``done`` marker; otherwise
-    unfinished runs come too, with ``status == "unfinished"`` and whatever
+    the others come too, with ``status`` ``failed`` (a non-finite metric, an
+    error: ``reason`` says which), ``interrupted`` (SIGTERM/SIGINT; the same
+    command resumes it) or ``unfinished`` (running, or killed), and whatever
     summary they have.
     """
     root = Path(root)
@@ -56,8 +58,10 @@ def load_runs(root: str | os.PathLike, finished_only: bool = True) -> pd.DataFra
         meta = json.loads((d / "meta.json").read_text(encoding="utf-8"))
         summary_path = d / "summary.json"
         summary = json.loads(summary_path.read_text(encoding="utf-8")) if summary_path.exists() else {}
-        row = {"run": d.relative_to(root).as_posix(), "run_dir": d.as_posix(), "run_name": d.name,
-               "status": "done" if done else "unfinished"}
+        status = "done" if done else meta.get("status") if meta.get("status") in ("failed", "interrupted") else "unfinished"
+        row = {"run": d.relative_to(root).as_posix(), "run_dir": d.as_posix(), "run_name": d.name, "status": status}
+        if not done:
+            row["reason"] = meta.get("reason")
         row.update(flatten(config))
         for k, v in flatten(summary).items():
             if k in row:

@@ -9,14 +9,26 @@ resume, console progress, the summary and the ``done`` marker.
 A training *unit* is one call of ``Task.train_step``: an iteration for the
 CNF, latent-ODE and demo experiments, an epoch for MNIST. The budget says how
 many units a run has and how often to log, evaluate, checkpoint and print.
+
+Faults it handles (docs/harness.md, "When things go wrong"): one process per
+run directory (a ``flock``), the previous checkpoint kept and used when the
+newest cannot be read, SIGTERM/SIGINT/SIGUSR2 finish the unit, checkpoint and
+stop, non-finite metrics stop the run (or skip the unit, ``nonfinite_skips``),
+failures and interruptions are recorded in ``meta.json``, and a run refused
+before its first record leaves no directory.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
+import math
 import os
 import random
 import shutil
+import signal
+import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,15 +37,18 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from .config import NAME_EXCLUDED_KEYS, ConfigError, to_plain, validate
-from .record import RunRecord, RunRecordError, atomic_save, flatten, now_iso
+from .config import NAME_EXCLUDED_KEYS, ConfigError, requested_budget, to_plain, validate
+from .record import RunError, RunLockedError, RunRecord, RunRecordError, flatten, now_iso
 from .wandb_mirror import WandbMirror
 
-__all__ = ["Task", "RunContext", "Runner", "run_experiment", "seed_everything", "resolve_device", "hydra_run_dir"]
+__all__ = ["Task", "RunContext", "Runner", "run_experiment", "seed_everything", "resolve_device", "hydra_run_dir",
+           "NonFiniteError", "RunInterrupted", "CheckpointError"]
 
 log = logging.getLogger("ndode.harness")
 CHECKPOINT_VERSION = 1
 PROGRESS_SECONDS = 30.0  # a console line at least this often, whatever the budget's progress_every
+# checkpoint and stop on these (SIGUSR2: SLURM's warning before a time limit or preemption, as submitit asks for it)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2)
 
 
 @dataclass
@@ -69,7 +84,7 @@ class Task:
     eval_no_grad: bool = True
 
     def train_step(self, step: int) -> dict[str, float]:
-        """Run training unit ``step`` (0-based); return its metrics (numbers; None is skipped)."""
+        """Run training unit ``step`` (0-based); return its metrics (numbers; None is skipped; NaN or inf stops the run)."""
         raise NotImplementedError
 
     def evaluate(self) -> dict[str, float]:
@@ -122,6 +137,16 @@ def hydra_run_dir() -> Path | None:
     except ImportError:
         pass
     return None
+
+
+def _hydra_multirun() -> bool:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    except ImportError:
+        return False
 
 
 def _hydra_overrides() -> list[str] | None:
@@ -206,14 +231,58 @@ class _Means:
 
 
 
+class NonFiniteError(RunError):
+    """A training or goal metric became NaN or infinite."""
+
+
+class RunInterrupted(RunError):
+    """SIGTERM or SIGINT: the run checkpointed and stopped; the same command resumes it."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum
+
+
+class CheckpointError(RunRecordError):
+    """No checkpoint of an unfinished run can be read."""
+
+
+def _nonfinite(metrics: dict) -> dict:
+    """The numeric entries of ``metrics`` that are NaN or infinite."""
+    out = {}
+    for k, v in metrics.items():
+        if isinstance(v, torch.Tensor) and v.numel() == 1:
+            v = v.item()
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isfinite(v):
+            out[k] = v
+    return out
+
+
+def _nfe_text(*sources: dict) -> str:
+    """The NFE figures of the first source that reports any (``nfe_forward 26, nfe_backward 40``)."""
+    for src in sources:
+        nfe = {k: v for k, v in (src or {}).items() if "nfe" in k and v is not None}
+        if nfe:
+            return ", ".join(f"{k} {_fmt(v)}" for k, v in nfe.items())
+    return "not reported by this task"
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
 class Runner:
     """One run of one experiment, in named phases.
 
-    ``setup`` (validate the config, claim the run directory, build the task),
-    ``resume`` (from the checkpoint, if any), ``train`` (the unit loop, with
-    ``evaluate``, ``checkpoint`` and ``progress`` on the budget's cadence),
-    ``analyze`` (the task's post-training work) and ``finish`` (summary,
-    figures, meta, ``done``). :meth:`run` calls them in that order.
+    ``setup`` (validate the config, lock and claim the run directory, build
+    the task), ``resume`` (from the newest readable checkpoint, if any),
+    ``train`` (the unit loop, with ``evaluate``, ``checkpoint`` and
+    ``progress`` on the budget's cadence, the non-finite guard and graceful
+    SIGTERM/SIGINT), ``analyze`` (the task's post-training work) and ``finish``
+    (summary, figures, meta, ``done``). :meth:`run` calls them in that order;
+    a failure is recorded (``fail``) and a run refused before its first record
+    leaves no directory behind (``abandon``).
     """
 
     def __init__(self, cfg, make_task: Callable[[Any, RunContext], Task], run_dir: str | os.PathLike | None = None):
@@ -222,53 +291,107 @@ class Runner:
         self.step = 0  # the unit whose metrics are being recorded
         # what a checkpoint carries besides the task's state
         self.hstate = {"means": None, "elapsed": 0.0, "last_eval": {}, "last_eval_step": 0, "last_train": {},
-                       "best": {}}
+                       "best": {}, "skipped": 0}
         self.analysis: dict = {}
+        self.cli = False  # under @hydra.main: errors become a message and an exit status
+        self.record: RunRecord | None = None
+        self.fresh = False  # the run directory held no earlier attempt when this process claimed it
+        self.created: list[Path] = []  # directories this process made for the run
+        self.stop_signal: int | None = None
+        self.old_handlers: dict = {}
+        self.interrupted = False
+        self.checkpoint_step: int | None = None  # the unit of the last checkpoint written or loaded
+        self.attempt: dict = {}  # details of this attempt for meta.json (checkpoint fallback)
 
     # ---- phases
     def run(self) -> dict:
-        """Run (or resume, or skip) the run; return its summary."""
-        if not self.setup():
-            return self.record.read_summary() or {}
-        self.resume()
+        """Run (or resume, or skip) the run; return its summary.
+
+        On the command line a :class:`RunError` or :class:`ConfigError` is
+        printed as a message (no traceback) and exits non-zero (128 + the
+        signal number after SIGTERM/SIGINT).
+        """
+        try:
+            return self._run()
+        except RunLockedError as e:
+            if self.cli and _hydra_multirun():  # a resubmitted sweep: the other jobs still run
+                log.warning("skip: %s", e)
+                return {}
+            if not self.cli:
+                raise
+            raise SystemExit(f"error: {e}") from None
+        except (RunError, ConfigError) as e:
+            if not self.cli:
+                raise
+            if isinstance(e, RunInterrupted):
+                print(f"interrupted: {e}", file=sys.stderr, flush=True)
+                raise SystemExit(128 + e.signum) from None
+            raise SystemExit(f"{'config error' if isinstance(e, ConfigError) else 'error'}: {e}") from None
+
+    def _run(self) -> dict:
+        try:
+            try:
+                if not self.setup():
+                    return self.record.read_summary() or {}
+                self.resume()
+            except BaseException:
+                self.abandon()
+                raise
+            summary = self.train_to_end()
+        finally:
+            if self.record is not None:
+                self.record.unlock()
+        log.info("done: %s | %s | %s", self.record.dir,
+                 " ".join(f"{k} {_fmt(v)}" for k, v in summary.items() if isinstance(v, (int, float))),
+                 _fmt_time(summary["wall_time_s"]))
+        return summary
+
+    def train_to_end(self) -> dict:
+        """``train``, ``analyze``, ``finish``, then the ``done`` marker; a failure is recorded in meta.json."""
         exit_code = 1
         try:
             self.train()
             self.analyze()
             summary = self.finish()
             exit_code = 0
+        except BaseException as e:
+            if not self.interrupted:  # interrupt() recorded its own
+                self.fail(e)
+            raise
         finally:
             self.mirror.finish(exit_code)
             self.record.close()
         self.record.mark_done()
-        log.info("done: %s | %s | %s", self.record.dir,
-                 " ".join(f"{k} {_fmt(v)}" for k, v in summary.items() if isinstance(v, (int, float))),
-                 _fmt_time(summary["wall_time_s"]))
         return summary
 
     def setup(self) -> bool:
-        """Validate, claim the run directory and build the task; False when the run is already finished."""
+        """Validate, lock and claim the run directory, build the task; False when the run is already finished."""
         cfg = self.cfg
         hydra_dir = hydra_run_dir() if self.run_dir is None else None
+        self.cli = hydra_dir is not None
         try:
             validate(cfg)  # ranges, consistency, `+key` additions; names and types were checked when Hydra composed cfg
-        except ConfigError as e:
-            if hydra_dir is None:
-                raise
-            _remove_unused_hydra_dir(hydra_dir)
-            raise SystemExit(f"config error: {e}") from None  # a message, not a traceback, on the command line
+        except ConfigError:
+            if hydra_dir is not None:
+                _remove_unused_hydra_dir(hydra_dir)
+            raise
+        self.budget_requested = requested_budget(cfg)
         self.config = to_plain(cfg)
         run_dir = self.run_dir if self.run_dir is not None else hydra_dir
         if run_dir is None:
             raise RunRecordError("no run_dir given and not running under @hydra.main; pass run_dir=...")
         self.rank, self.world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-        self.record = record = RunRecord(run_dir, writer=self.rank == 0)
+        record = RunRecord(run_dir, writer=self.rank == 0)
         self.name, self.budget = record.dir.name, cfg.budget
         if record.done:
             log.info("skip: %s is finished (found its 'done' marker); delete the directory to run it again", record.dir)
+            self.record = record
+            return False
+        self.claim(record)
+        if record.done:  # finished by the process that held the lock a moment ago
+            log.info("skip: %s is finished (found its 'done' marker); delete the directory to run it again", record.dir)
             return False
 
-        record.dir.mkdir(parents=True, exist_ok=True)
         old = record.read_config()
         if old is not None and _identity(old) != _identity(self.config):
             a, b = _identity(old), _identity(self.config)
@@ -276,72 +399,79 @@ class Runner:
             raise RunRecordError(
                 f"{record.dir} holds a run with a different config (differs in {diff}); "
                 "delete that directory or change the overrides/seed")
+        self.device = resolve_device(cfg.device)
+        self.config["device"] = str(self.device)  # the record says where it ran (device is not part of the name)
         record.write_config(self.config)
 
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         seed_everything(cfg.seed)
-        ctx = RunContext(run_dir=record.dir, device=resolve_device(cfg.device), seed=cfg.seed, rank=self.rank,
+        ctx = RunContext(run_dir=record.dir, device=self.device, seed=cfg.seed, rank=self.rank,
                          world_size=self.world)
         self.task = self.make_task(cfg, ctx)
         return True
 
     def resume(self) -> None:
-        """Load the checkpoint if there is one; start the meta record and the W&B mirror."""
-        cfg, record, task, budget = self.cfg, self.record, self.task, self.budget
-        resumed = record.checkpoint_path.exists()
-        if resumed:
-            ckpt = torch.load(record.checkpoint_path, map_location="cpu", weights_only=False)
-            task.model.load_state_dict(ckpt["model"])
-            if task.optimizer is not None and ckpt.get("optimizer") is not None:
-                task.optimizer.load_state_dict(ckpt["optimizer"])
-            if task.scheduler is not None and ckpt.get("scheduler") is not None:
-                task.scheduler.load_state_dict(ckpt["scheduler"])
-            task.load_state_dict(ckpt.get("task") or {})
-            _set_rng_state(ckpt["rng"])
-            self.start, self.hstate = int(ckpt["step"]), ckpt["harness"]
+        """Load the newest readable checkpoint, if any; start the meta record and the W&B mirror."""
+        cfg, record, budget = self.cfg, self.record, self.budget
+        loaded = self.load_checkpoint()
+        if loaded is not None:
             dropped = record.truncate_metrics(self.start)
-            log.info("resume: %s from its checkpoint at %s %d/%d (dropped %d later metric records)",
-                     record.dir, budget.unit, self.start, budget.steps, dropped)
+            log.info("resume: %s from %s at %s %d/%d (dropped %d later metric records) | %s, device %s",
+                     record.dir, loaded.name, budget.unit, self.start, budget.steps, dropped, self.budget_text(),
+                     self.device_text())
         else:
             record.truncate_metrics(0)  # records of an attempt killed before its first checkpoint
-            log.info("start: %s (%s budget, %d %ss)", record.dir, budget.name, budget.steps, budget.unit)
-        record.start_meta(extra={"experiment": cfg.experiment, "run_name": self.name, "overrides": _hydra_overrides()},
-                          resumed_from=self.start if resumed else None)
+            log.info("start: %s | %s, %d %ss, device %s", record.dir, self.budget_text(), budget.steps, budget.unit,
+                     self.device_text())
+        record.start_meta(extra={"experiment": cfg.experiment, "run_name": self.name, "overrides": _hydra_overrides(),
+                                 "budget": {"requested": self.budget_requested, "resolved": budget.name},
+                                 "device": {"requested": cfg.device, "resolved": str(self.device)}},
+                          resumed_from=self.start if loaded is not None else None, attempt_extra=self.attempt)
         model_name = self.config["model"].get("name") if isinstance(self.config.get("model"), dict) else None
         self.mirror = WandbMirror(
             enabled=bool(cfg.logger.wandb) and self.rank == 0, mode=cfg.logger.mode, project=cfg.logger.project,
             entity=cfg.logger.entity, run_dir=record.dir, name=self.name, group=cfg.experiment,
             tags=[f"budget={budget.name}"] + ([f"model={model_name}"] if model_name else []),
-            config={**self.config, "run_dir": str(record.dir)}, goals=task.goals, quiet=cfg.quiet)
+            config={**self.config, "run_dir": str(record.dir)}, goals=self.task.goals, quiet=cfg.quiet)
         self.means = _Means(self.hstate["means"])
         self.t0, self.elapsed0 = time.perf_counter(), float(self.hstate["elapsed"])
         self.last_line = (self.t0, self.start)  # (time, unit) of the last console line: the ETA's pace
 
     def train(self) -> None:
-        """Units ``start .. budget.steps``; log, evaluate, print and checkpoint on the budget's cadence."""
+        """Units ``start .. budget.steps``; log, evaluate, print and checkpoint on the budget's cadence.
+
+        SIGTERM/SIGINT end the current unit, checkpoint and stop (:meth:`interrupt`).
+        """
         task, budget, hstate = self.task, self.budget, self.hstate
         task.model.train()
         progress_every = budget.progress_every or budget.eval_every or budget.steps
-        for step in range(self.start, budget.steps):
-            self.step = s = step + 1
-            metrics = task.train_step(step)
-            if task.scheduler is not None:
-                task.scheduler.step()
-            self.means.add(metrics or {})
-            last = s == budget.steps
-            if s % budget.log_every == 0 or last:
-                hstate["last_train"] = self.means.pop()
-                self.emit("train", hstate["last_train"])
-            if (budget.eval_every and s % budget.eval_every == 0) or last:
-                self.evaluate()
-            if s % progress_every == 0 or last or time.perf_counter() - self.last_line[0] > PROGRESS_SECONDS:
-                self.progress()
-            if (budget.checkpoint_every and s % budget.checkpoint_every == 0) or last:
-                self.checkpoint()
+        old_handlers = self.catch_signals()
+        try:
+            for step in range(self.start, budget.steps):
+                self.step = s = step + 1
+                snapshot = self.snapshot() if self.cfg.nonfinite_skips else None
+                metrics = task.train_step(step) or {}
+                if task.scheduler is not None:
+                    task.scheduler.step()
+                self.guard(metrics, snapshot)
+                last = s == budget.steps
+                if s % budget.log_every == 0 or last:
+                    hstate["last_train"] = self.means.pop()
+                    self.emit("train", hstate["last_train"])
+                if (budget.eval_every and s % budget.eval_every == 0) or last:
+                    self.evaluate()
+                if s % progress_every == 0 or last or time.perf_counter() - self.last_line[0] > PROGRESS_SECONDS:
+                    self.progress()
+                if (budget.checkpoint_every and s % budget.checkpoint_every == 0) or last:
+                    self.checkpoint()
+                if self.stop_signal is not None:
+                    self.interrupt()
+        finally:
+            self.restore_signals(old_handlers)
 
     def evaluate(self) -> None:
-        """``Task.evaluate`` in eval mode; keeps the best value of each goal metric."""
+        """``Task.evaluate`` in eval mode; keeps the best value of each goal metric (a non-finite one stops the run)."""
         task, hstate = self.task, self.hstate
         task.model.eval()
         try:
@@ -349,6 +479,10 @@ class Runner:
                 metrics = {k: (v.item() if isinstance(v, torch.Tensor) else v) for k, v in task.evaluate().items()}
         finally:
             task.model.train()
+        bad = {k: v for k, v in _nonfinite(metrics).items() if k in task.goals}
+        if bad:
+            self.emit("eval", metrics)
+            raise NonFiniteError(self.nonfinite_message("goal metric at the evaluation after", bad, metrics))
         for k, goal in task.goals.items():
             if metrics.get(k) is not None:
                 prev = hstate["best"].get(k)
@@ -369,11 +503,13 @@ class Runner:
         log.log(self._level, "analyze: done in %s", _fmt_time(time.perf_counter() - t))
 
     def finish(self) -> dict:
-        """Summary, figures, the meta record's end time and the W&B summary; return the summary."""
+        """Summary, figures, the meta record's end time, the W&B summary and media; return the summary."""
         hstate, record = self.hstate, self.record
         summary = dict(self.task.summary(dict(hstate["last_eval"]), dict(hstate["last_train"])))
         summary.update(self.analysis)
         summary.update({f"best_{k}": v for k, v in hstate["best"].items()})
+        if hstate.get("skipped"):
+            summary["skipped_steps"] = hstate["skipped"]
         summary.update({"steps": self.budget.steps, "unit": self.budget.unit, "wall_time_s": round(self.elapsed(), 3)})
         record.write_summary(summary)
         if self.rank == 0:
@@ -382,15 +518,150 @@ class Runner:
         if record.writer:
             meta = record.read_meta()
             meta["finished"] = now_iso()
-            meta["attempts"][-1]["finished"] = meta["finished"]
+            meta["status"], meta["reason"] = "done", None
+            meta["attempts"][-1].update(finished=meta["finished"], status="done")
             record.write_meta(meta)
         self.mirror.summary(summary)
+        self.mirror.media(record.dir, self.step)  # figures/*.png as images, arrays/* as tables
         return summary
+
+    # ---- the run directory: one process at a time; nothing left behind by a refused run
+    def claim(self, record: RunRecord) -> None:
+        """Make the run directory and take its lock; note whether it holds an earlier attempt."""
+        self.record = record
+        missing = [p for p in (record.dir, *record.dir.parents) if not p.exists()]
+        record.dir.mkdir(parents=True, exist_ok=True)
+        self.created = missing
+        record.lock()  # RunLockedError names the holder; nothing of its directory is touched
+        self.fresh = record.writer and not any(
+            record.path(n).exists() for n in ("meta.json", "metrics.jsonl", "checkpoint.pt", "checkpoint.prev.pt"))
+
+    def abandon(self) -> None:
+        """A run refused before its first record: remove its directory (if this attempt was its first)."""
+        record = self.record
+        if record is None or not self.fresh or record._lock_fd is None:
+            return
+        record.close()
+        record.unlock()
+        shutil.rmtree(record.dir, ignore_errors=True)
+        for d in self.created[1:]:  # the parents this process made, if nothing else went into them
+            try:
+                d.rmdir()
+            except OSError:
+                break
+        log.debug("removed %s: the run stopped before its first record", record.dir)
+
+    # ---- faults
+    def snapshot(self) -> dict:
+        """Model and optimizer state before a unit (only with ``nonfinite_skips``: a skipped unit is undone)."""
+        task = self.task
+        return copy.deepcopy({"model": task.model.state_dict(),
+                              "optimizer": task.optimizer.state_dict() if task.optimizer is not None else None})
+
+    def guard(self, metrics: dict, snapshot: dict | None) -> None:
+        """Add a unit's metrics to the interval means, or skip the unit / stop the run if any is not finite."""
+        bad = _nonfinite(metrics)
+        if not bad:
+            self.means.add(metrics)
+            return
+        allowed, skipped = int(self.cfg.nonfinite_skips), int(self.hstate.get("skipped", 0))
+        if snapshot is None or skipped >= allowed:
+            raise NonFiniteError(self.nonfinite_message("training metric at", bad, metrics))
+        self.task.model.load_state_dict(snapshot["model"])
+        if snapshot["optimizer"] is not None:
+            self.task.optimizer.load_state_dict(snapshot["optimizer"])
+        self.hstate["skipped"] = skipped + 1
+        log.warning("%s %d/%d: %s not finite; unit skipped (model and optimizer restored), %d of %d allowed skips",
+                    self.budget.unit, self.step, self.budget.steps,
+                    ", ".join(f"{k}={v}" for k, v in bad.items()), skipped + 1, allowed)
+        self.emit("skip", {"skipped": skipped + 1, "nonfinite": ",".join(bad)})
+
+    def nonfinite_message(self, what: str, bad: dict, metrics: dict) -> str:
+        b = self.budget
+        if self.checkpoint_step is not None:
+            ckpt = (f"its last good checkpoint ({b.unit} {self.checkpoint_step}) is kept in {self.record.dir}; "
+                    "rerunning the command resumes from it (where the same values may come back)")
+        else:
+            ckpt = "no checkpoint was written before it"
+        return (f"non-finite {what} {b.unit} {self.step}/{b.steps}: "
+                f"{', '.join(f'{k}={v}' for k, v in bad.items())} (last NFE: "
+                f"{_nfe_text(metrics, self.hstate['last_train'])}). The run stopped with status 'failed'; {ckpt}. "
+                "Try a smaller learning rate or a tighter solver tolerance (a new run), or allow a few skipped "
+                "units with nonfinite_skips=N")
+
+    def fail(self, e: BaseException) -> None:
+        """Record a failed (or, for an exit or a second Ctrl-C, interrupted) attempt in meta.json.
+
+        Best effort: the failure may be a full disk.
+        """
+        if self.record is None or not self.record.writer:
+            return
+        reason = str(e) if isinstance(e, RunError) else _first_line(e)
+        status = "interrupted" if isinstance(e, (KeyboardInterrupt, SystemExit)) else "failed"
+        try:
+            self.record.set_status(status, reason=reason, failed_at_step=self.step, ended=now_iso())
+        except Exception as write_error:  # noqa: BLE001 - the original error is what the user must see
+            log.debug("could not record the failure in meta.json: %s", write_error)
+
+    def catch_signals(self) -> dict:
+        """SIGTERM, SIGINT and SIGUSR2 set :attr:`stop_signal`: the loop then checkpoints and stops.
+
+        SIGUSR2 is what SLURM sends ahead of a time limit or preemption with
+        ``--signal=USR2@<s>`` (submitit's default): the handler that was there
+        before (submitit's requeue) is called after the checkpoint. A second
+        Ctrl-C stops at once.
+        """
+        self.old_handlers = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in STOP_SIGNALS:
+                self.old_handlers[sig] = signal.signal(sig, self.on_signal)
+        return self.old_handlers
+
+    def restore_signals(self, old: dict) -> None:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+    def on_signal(self, signum, frame) -> None:
+        if self.stop_signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C: stop now (the previous checkpoint is kept)
+        self.stop_signal = signum
+        log.warning("%s: finishing %s %d, then checkpointing and stopping (Ctrl-C again stops at once)",
+                    signal.Signals(signum).name, self.budget.unit, self.step)
+
+    def interrupt(self) -> None:
+        """Checkpoint (unless this unit just did), record the interruption, stop with :class:`RunInterrupted`.
+
+        A handler installed before the run for this signal (other than Python's
+        Ctrl-C handler) runs next: a launcher's requeue (submitit) happens after
+        the checkpoint.
+        """
+        b, name = self.budget, signal.Signals(self.stop_signal).name
+        if self.checkpoint_step != self.step:
+            self.checkpoint()
+        self.interrupted = True
+        self.record.set_status("interrupted", reason=f"{name} at {b.unit} {self.step}/{b.steps}",
+                               interrupted={"signal": name, "step": self.step, "at": now_iso()})
+        previous = self.old_handlers.get(self.stop_signal)
+        if callable(previous) and previous is not signal.default_int_handler:
+            log.info("%s: handing over to the handler installed before the run (%s)", name,
+                     getattr(previous, "__qualname__", previous))
+            previous(self.stop_signal, None)
+        raise RunInterrupted(f"{name} at {b.unit} {self.step}/{b.steps} of {self.record.dir}: checkpoint written; "
+                             "run the same command again to resume", self.stop_signal)
 
     # ---- helpers of the phases
     @property
     def _level(self) -> int:
         return logging.DEBUG if self.cfg.quiet else logging.INFO
+
+    def budget_text(self) -> str:
+        name = self.budget.name
+        if self.budget_requested == "auto":
+            return f"budget {name} (auto: {'CUDA available' if name == 'paper' else 'no CUDA'})"
+        return f"budget {name}"
+
+    def device_text(self) -> str:
+        return f"{self.device} (auto)" if self.cfg.device == "auto" else str(self.device)
 
     def elapsed(self) -> float:
         return self.elapsed0 + time.perf_counter() - self.t0
@@ -417,6 +688,7 @@ class Runner:
         log.log(self._level, line)
 
     def checkpoint(self) -> None:
+        """Write ``checkpoint.pt``; the one it replaces is kept as ``checkpoint.prev.pt``."""
         if self.rank != 0:
             return
         task, hstate = self.task, self.hstate
@@ -428,7 +700,53 @@ class Runner:
             "scheduler": task.scheduler.state_dict() if task.scheduler is not None else None,
             "task": task.state_dict(), "rng": _rng_state(), "harness": hstate,
         }
-        atomic_save(self.record.checkpoint_path, lambda tmp: torch.save(state, tmp))
+        self.record.write_checkpoint(lambda tmp: torch.save(state, tmp))
+        self.checkpoint_step = self.step
+
+    def load_checkpoint(self) -> Path | None:
+        """Restore the newest checkpoint that can be read; fall back on the previous one, say so; None: no checkpoint.
+
+        An unreadable newest checkpoint is renamed ``<name>.unreadable`` (kept for a look, never loaded again).
+        """
+        errors = []
+        candidates = self.record.checkpoints
+        for i, path in enumerate(candidates):
+            try:
+                ckpt = torch.load(path, map_location="cpu", weights_only=False)
+                self.restore(ckpt)
+            except Exception as e:  # noqa: BLE001 - any failure to read or apply it: try the previous one
+                errors.append({"file": path.name, "error": _first_line(e)})
+                log.warning("resume: cannot read %s (%s)%s", path, _first_line(e),
+                            "; falling back to the previous checkpoint" if i + 1 < len(candidates) else "")
+                continue
+            if errors:
+                log.warning("resume: fell back to %s (%s %d)", path.name, self.budget.unit, self.start)
+                self.attempt.update(checkpoint_fallback=errors, resumed_from_file=path.name)
+                for bad in errors:
+                    unreadable = self.record.path(bad["file"])
+                    if unreadable.exists():
+                        os.replace(unreadable, unreadable.with_name(unreadable.name + ".unreadable"))
+            return path
+        if errors:
+            raise CheckpointError(
+                f"no checkpoint of {self.record.dir} can be read: "
+                + "; ".join(f"{e['file']}: {e['error']}" for e in errors)
+                + f". To start this run over, delete its directory (rm -r '{self.record.dir}') and run the same "
+                "command again")
+        return None
+
+    def restore(self, ckpt: dict) -> None:
+        """Apply a loaded checkpoint to the task, the RNGs and the loop's state."""
+        task = self.task
+        task.model.load_state_dict(ckpt["model"])
+        if task.optimizer is not None and ckpt.get("optimizer") is not None:
+            task.optimizer.load_state_dict(ckpt["optimizer"])
+        if task.scheduler is not None and ckpt.get("scheduler") is not None:
+            task.scheduler.load_state_dict(ckpt["scheduler"])
+        task.load_state_dict(ckpt.get("task") or {})
+        _set_rng_state(ckpt["rng"])
+        self.start, self.hstate = int(ckpt["step"]), {"skipped": 0, **ckpt["harness"]}
+        self.checkpoint_step = self.start
 
 
 def run_experiment(cfg, make_task: Callable[[Any, RunContext], Task], run_dir: str | os.PathLike | None = None) -> dict:

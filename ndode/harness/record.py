@@ -7,19 +7,24 @@
         meta.json       git commit and dirty flag, package versions, host, command, attempts
         metrics.jsonl   one JSON object per logged record: {"step", "kind", "time_s", <metrics>...}
         checkpoint.pt   the latest training state (resume)
+        checkpoint.prev.pt  the one before it (resume falls back on it when the latest cannot be read)
+        .lock           the running process's lock (``fcntl.flock``; names its host and PID)
         summary.json    the final metrics
         done            written last: the run is complete
 
 Every file is written atomically (a temporary file in the same directory,
 then ``os.replace``), so a run killed at any instant leaves either the old or
-the new version of each file, never half of one. ``metrics.jsonl`` is appended
-line by line; a resumed run first drops the records after its checkpoint and
-any torn last line.
+the new version of each file, never half of one; a failed write (a full disk)
+raises :class:`RecordWriteError` naming the file and leaves its previous
+version in place. ``metrics.jsonl`` is appended line by line; a resumed run
+first drops the records after its checkpoint and any torn last line.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import errno
+import fcntl
 import json
 import math
 import os
@@ -32,16 +37,42 @@ from typing import Any, Iterable
 
 import yaml
 
-__all__ = ["RunRecord", "RunRecordError", "atomic_write_text", "atomic_write_bytes", "atomic_save", "read_jsonl",
+__all__ = ["RunRecord", "RunError", "RunRecordError", "RunLockedError", "RecordWriteError", "atomic_write_text", "atomic_write_bytes", "atomic_save", "read_jsonl",
            "package_versions", "git_state", "now_iso", "flatten"]
 
-CONFIG, META, METRICS, SUMMARY, CHECKPOINT, DONE = (
-    "config.yaml", "meta.json", "metrics.jsonl", "summary.json", "checkpoint.pt", "done")
+CONFIG, META, METRICS, SUMMARY, CHECKPOINT, PREV_CHECKPOINT, DONE, LOCK = (
+    "config.yaml", "meta.json", "metrics.jsonl", "summary.json", "checkpoint.pt", "checkpoint.prev.pt", "done", ".lock")
 PACKAGES = ("ndode", "torch", "numpy", "hydra-core", "omegaconf", "wandb", "pandas", "matplotlib")
 
 
-class RunRecordError(RuntimeError):
+class RunError(RuntimeError):
+    """A run that stops for a reason the user can act on; the message says what happened and what to do.
+
+    On the command line the harness prints the message (no traceback) and exits non-zero.
+    """
+
+
+class RunRecordError(RunError):
     """A run directory that cannot be used as asked (e.g. it holds a run with another config)."""
+
+
+class RunLockedError(RunRecordError):
+    """Another process holds the run directory's lock."""
+
+
+class RecordWriteError(RunError, OSError):
+    """A file of the run record could not be written (disk full, permissions...); its previous version is kept.
+
+    An ``OSError`` too, so code that handles OS errors still catches it.
+    """
+
+
+def _write_error(path: Path, e: BaseException) -> RecordWriteError:
+    why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+    hint = ""
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        hint = "; free some space, then run the same command again to resume"
+    return RecordWriteError(f"could not write {path}: {why} ({type(e).__name__}); its previous version is kept{hint}")
 
 
 def now_iso() -> str:
@@ -53,7 +84,20 @@ def _tmp_path(path: Path) -> Path:
     return path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
 
 
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to a temporary file, flush it to disk, rename it over ``path``.
+
+    Any failure (ENOSPC at the write or at the fsync...) leaves ``path`` as it
+    was and raises :class:`RecordWriteError` naming ``path``.
+    """
     path = Path(path)
     tmp = _tmp_path(path)
     try:
@@ -62,6 +106,8 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        raise _write_error(path, e) from e
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -70,13 +116,23 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def atomic_save(path: str | os.PathLike, save) -> None:
-    """Atomically write a file produced by ``save(tmp_path)`` (``torch.save``, ``savefig``, ``np.savez``...)."""
+def atomic_save(path: str | os.PathLike, save, keep_previous: str | os.PathLike | None = None) -> None:
+    """Atomically write a file produced by ``save(tmp_path)`` (``torch.save``, ``savefig``, ``np.savez``...).
+
+    With ``keep_previous``, the file being replaced is first renamed to that
+    path (at every instant one of the two names holds a complete file). A
+    failed save raises :class:`RecordWriteError` naming ``path``; the old file stays.
+    """
     path = Path(path)
     tmp = _tmp_path(path)
     try:
         save(tmp)
+        _fsync(tmp)
+        if keep_previous is not None and path.exists():
+            os.replace(path, keep_previous)
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError
+        raise _write_error(path, e) from e
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -164,6 +220,7 @@ class RunRecord:
         self.dir = Path(run_dir).resolve()
         self.writer = writer
         self._metrics_fh = None
+        self._lock_fd: int | None = None
 
     # ------------------------------------------------------------------ paths and state
     def path(self, name: str) -> Path:
@@ -176,6 +233,48 @@ class RunRecord:
     @property
     def checkpoint_path(self) -> Path:
         return self.path(CHECKPOINT)
+
+    @property
+    def checkpoints(self) -> list[Path]:
+        """The checkpoints on disk, newest first: ``checkpoint.pt``, then the one before it."""
+        return [p for p in (self.path(CHECKPOINT), self.path(PREV_CHECKPOINT)) if p.exists()]
+
+    def write_checkpoint(self, save) -> None:
+        """``save(tmp_path)`` writes the new checkpoint; the one it replaces becomes ``checkpoint.prev.pt``."""
+        if self.writer:
+            atomic_save(self.path(CHECKPOINT), save, keep_previous=self.path(PREV_CHECKPOINT))
+
+    # ------------------------------------------------------------------ one process per run directory
+    def lock(self) -> None:
+        """Take the run directory's lock for this process (released when it exits, however it exits).
+
+        Raises :class:`RunLockedError` naming the holder's host and PID when
+        another process has it. Only the writer (rank 0) locks.
+        """
+        if not self.writer or self._lock_fd is not None:
+            return
+        path = self.path(LOCK)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip() or "holder not yet recorded"
+            os.close(fd)
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+            raise RunLockedError(
+                f"{self.dir} is already being run by another process ({holder}); only one process may run it "
+                "at a time. Wait for that one to finish (this command then skips the finished run) or stop it "
+                "(it checkpoints on SIGTERM; run this command again to resume)") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"host {platform.node()} pid {os.getpid()} since {now_iso()}\n".encode(), 0)
+        self._lock_fd = fd
+
+    def unlock(self) -> None:
+        fd = self._lock_fd
+        if fd is not None:
+            self._lock_fd = None
+            os.close(fd)  # releases the flock
 
     def read_config(self) -> dict | None:
         p = self.path(CONFIG)
@@ -233,23 +332,42 @@ class RunRecord:
     def append_metrics(self, record: dict) -> None:
         if not self.writer:
             return
-        if self._metrics_fh is None:
-            self._metrics_fh = open(self.path(METRICS), "a", encoding="utf-8")
-        # one write per complete line: a kill leaves at most a torn last line, dropped on resume
-        self._metrics_fh.write(dumps(record) + "\n")
-        self._metrics_fh.flush()
+        try:
+            if self._metrics_fh is None:
+                self._metrics_fh = open(self.path(METRICS), "a", encoding="utf-8")
+            # one write per complete line: a kill leaves at most a torn last line, dropped on resume
+            self._metrics_fh.write(dumps(record) + "\n")
+            self._metrics_fh.flush()
+        except OSError as e:
+            raise _write_error(self.path(METRICS), e) from e
 
     def close(self) -> None:
         if self._metrics_fh is not None:
-            self._metrics_fh.close()
-            self._metrics_fh = None
+            fh, self._metrics_fh = self._metrics_fh, None
+            try:
+                fh.close()
+            except OSError:  # a flush that failed already raised RecordWriteError
+                pass
 
-    def start_meta(self, extra: dict | None = None, resumed_from: int | None = None) -> dict:
+    def set_status(self, status: str, reason: str | None = None, **attempt) -> None:
+        """Record the run's state in meta.json (``status``, ``reason``) and details in the current attempt."""
+        if not self.writer:
+            return
+        meta = self.read_meta()
+        if not meta:
+            return
+        meta["status"], meta["reason"] = status, reason
+        if meta.get("attempts"):
+            meta["attempts"][-1].update(status=status, reason=reason, **attempt)
+        self.write_meta(meta)
+
+    def start_meta(self, extra: dict | None = None, resumed_from: int | None = None,
+                   attempt_extra: dict | None = None) -> dict:
         """Create or update meta.json for a new attempt at this run."""
         meta = self.read_meta()
         git = git_state()
         attempt = {"started": now_iso(), "resumed_from_step": resumed_from, "argv": list(sys.argv),
-                   "host": platform.node(), "pid": os.getpid(), "git": git}
+                   "host": platform.node(), "pid": os.getpid(), "git": git, **(attempt_extra or {})}
         if not meta:
             meta = {
                 "git": git,
@@ -261,6 +379,7 @@ class RunRecord:
                 "attempts": [],
             }
         meta.update(extra or {})
+        meta.update(status="running", reason=None)
         meta["attempts"].append(attempt)
         self.write_meta(meta)
         return meta

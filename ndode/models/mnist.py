@@ -149,14 +149,15 @@ def odenet(
     rtol: float = 1e-3,
     atol: float = 1e-3,
     options: dict | None = None,
-    adjoint: bool = True,
+    adjoint="backsolve",
 ) -> nn.Sequential:
     """The stem, one ``ODEBlock`` over [0, 1], the head.
 
-    ``adjoint=True`` is the paper's ODE-Net (gradients by the adjoint, O(1)
-    memory); ``adjoint=False`` its RK-Net (gradients backpropagated through the
-    Runge-Kutta solver's steps). ``options`` go to the solver unchanged
-    (``step_size`` for fixed-step methods, ``max_num_steps``, ...).
+    ``adjoint="backsolve"`` is the paper's ODE-Net (gradients by the adjoint,
+    O(1) memory); ``adjoint="none"`` its RK-Net (gradients backpropagated
+    through the Runge-Kutta solver's steps); ``"checkpoint"`` RK-Net's
+    gradients from the checkpointed adjoint (see ``ODEBlock``). ``options`` go
+    to the solver unchanged (``step_size`` for fixed-step methods, ``max_num_steps``, ...).
     """
     step_size = (options or {}).get("step_size")
     if step_size is not None and not (isinstance(step_size, (int, float)) and 0 < step_size <= 1):
@@ -166,7 +167,7 @@ def odenet(
     return _convnet(_downsampling(downsampling, dim), block, dim)
 
 
-MODELS = {"mlp": mlp, "resnet": resnet, "odenet": odenet, "rknet": functools.partial(odenet, adjoint=False)}
+MODELS = {"mlp": mlp, "resnet": resnet, "odenet": odenet, "rknet": functools.partial(odenet, adjoint="none")}
 
 
 def build_mnist_model(name: str, **cfg) -> nn.Module:

@@ -1,9 +1,11 @@
 """``ODEBlock``: a layer whose output is the solution at ``t1`` of ``dh/dt = f(h, t)`` from ``h(t0) = x``.
 
 The paper's replacement for a stack of residual blocks (Section 3). Gradients
-come either from the adjoint (``adjoint=True``: memory constant in the number
-of solver steps) or from backpropagating through the solver's operations
-(``adjoint=False``, the paper's RK-Net). Each forward keeps the solver's
+come from the adjoint (``adjoint="backsolve"``: memory constant in the number
+of solver steps), from backpropagating through the solver's operations
+(``adjoint="none"``, the paper's RK-Net), or from the checkpointed adjoint
+(``adjoint="checkpoint"``: RK-Net's gradients, one saved state per step instead
+of every stage's activations). Each forward keeps the solver's
 statistics, so a training loop can log NFE-F and NFE-B per batch without
 wrapping ``f``.
 """
@@ -26,8 +28,11 @@ class ODEBlock(nn.Module):
     ``rtol``/``atol`` are the training tolerances; ``eval_rtol``/``eval_atol``
     (default: the same) apply in ``eval()`` mode, so the test-time tolerance can
     be changed on a trained model (the paper's Figure 3a) with ``set_tolerance``.
-    ``options`` go to the solver (``{"step_size": h}`` for fixed-step methods),
-    ``adjoint_options`` to the adjoint's backward solve (e.g. ``{"norm": "full"}``).
+    ``options`` go to the solver (``{"step_size": h}`` for fixed-step methods; without it one step per block),
+    ``adjoint`` is ``"none"``, ``"backsolve"`` or ``"checkpoint"`` (``True``/``False``:
+    backsolve/none), or an ``ndode.Adjoint`` object used as it is; ``adjoint_options``
+    go to the backsolve adjoint's backward solve (e.g. ``{"norm": "full"}``).
+    ``self.adjoint`` is the method's name, or None for direct backpropagation.
     """
 
     def __init__(
@@ -40,7 +45,7 @@ class ODEBlock(nn.Module):
         rtol: float = 1e-3,
         atol: float = 1e-3,
         options: dict | None = None,
-        adjoint: bool = True,
+        adjoint: str | bool | ndode.Adjoint | None = "backsolve",
         adjoint_options: dict | None = None,
         eval_rtol: float | None = None,
         eval_atol: float | None = None,
@@ -50,12 +55,11 @@ class ODEBlock(nn.Module):
             raise TypeError(f"ODEBlock needs func to be an nn.Module (its parameters are trained), got {type(func).__name__}")
         if method not in ndode.METHODS:
             raise ValueError(f"method={method!r} is not a known solver; choose one of {', '.join(ndode.METHODS)}")
-        if not ndode.TABLEAUS[method].adaptive and not (options and "step_size" in options):
-            raise ValueError(f"method={method!r} takes fixed steps and needs options={{'step_size': h}}")
         self.func = func
         self.method = method
         self.options = dict(options) if options else None
-        self.adjoint = bool(adjoint)
+        self.adjoint_method = adjoint if isinstance(adjoint, ndode.Adjoint) else None
+        self.adjoint = _adjoint_name(adjoint)
         self.adjoint_options = dict(adjoint_options) if adjoint_options else None
         self.rtol, self.atol = float(rtol), float(atol)
         self.eval_rtol = None if eval_rtol is None else float(eval_rtol)
@@ -82,7 +86,12 @@ class ODEBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rtol, atol = self.tolerance()
-        adjoint = ndode.BacksolveAdjoint(options=self.adjoint_options) if self.adjoint else None
+        if self.adjoint_method is not None:
+            adjoint = self.adjoint_method
+        elif self.adjoint == "backsolve":
+            adjoint = ndode.BacksolveAdjoint(options=self.adjoint_options)
+        else:
+            adjoint = None if self.adjoint is None else ndode.ADJOINTS[self.adjoint]()
         sol = ndode.solve(self.func, x, [self.t0, self.t1], rtol=rtol, atol=atol, method=self.method,
                           options=self.options, adjoint=adjoint)
         self.last_stats = sol.stats
@@ -107,6 +116,23 @@ class ODEBlock(nn.Module):
         t0, t1 = self.t0, self.t1
         opts = f", options={self.options}" if self.options else ""
         return f"t=[{t0:g}, {t1:g}], method={self.method}, rtol={self.rtol:g}, atol={self.atol:g}{opts}, adjoint={self.adjoint}"
+
+
+def _adjoint_name(adjoint) -> str | None:
+    """None (direct backpropagation) or the name in ``ndode.ADJOINTS`` of an ``adjoint`` choice."""
+    if isinstance(adjoint, ndode.Adjoint):
+        return next((n for n, cls in ndode.ADJOINTS.items() if type(adjoint) is cls), type(adjoint).__name__)
+    if adjoint is None or adjoint is False:
+        return None
+    if adjoint is True:
+        return "backsolve"
+    name = getattr(adjoint, "name", adjoint)  # a config's AdjointMethod member
+    if name == "none":
+        return None
+    if name not in ndode.ADJOINTS:
+        raise ValueError(f"adjoint={adjoint!r} is not one of 'none', {', '.join(map(repr, ndode.ADJOINTS))} "
+                         "(or True/False, or an ndode.Adjoint object)")
+    return name
 
 
 def ode_blocks(model: nn.Module) -> Iterator[ODEBlock]:
