@@ -13,6 +13,7 @@ TITLES = {
     "adjoint_nfe": "6. Backward NFE with 100 output times (latent-ODE-like solve)",
     "cnf_step": "7. CNF training iteration (the paper's Figure 5 CNF, width 64, batch 512, tol 1e-5, adjoint)",
     "checkpoint_adjoint": "8. Checkpointed adjoint vs backsolve adjoint vs direct backprop (latent-ODE dynamics, MNIST ODE-Net)",
+    "latent_ode_step": "9. Latent ODE training iteration (spirals: 1000 sequences, n = 100, tol 1e-5)",
 }
 
 # Added to a benchmark's section when one of its goals is missed: what was found and what would fix it.

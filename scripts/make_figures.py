@@ -6,6 +6,8 @@ ode_demo: results/figures/ode_demo.png, from the arrays saved by the chosen run
 mnist: results/figures/mnist_fig3.png (the paper's Figure 3) from the ODE-Net run's sweep and metrics.
 cnf: results/figures/cnf_fig4.png, cnf_fig5.png, cnf_toy.png from the arrays and records of every finished cnf run
 at the budget (default cpu), the lowest seed's arrays for the density panels.
+latent_ode: results/figures/latent_fig8.png and latent_fig9.png (the paper's Figures 8 and 9) from the
+arrays of the RNN and latent-ODE runs at n_obs = 30, seed 0.
 
     python scripts/make_figures.py
     python scripts/make_figures.py --experiment ode_demo --run "budget=cpu,seed=0"
@@ -22,6 +24,7 @@ import numpy as np
 from ndode.harness import read_jsonl
 from ndode.harness.config import auto_budget
 from ndode.report.figures import plot_ode_demo, save_figure
+from ndode.report.latent_ode import plot_fig8, plot_fig9
 from ndode.report.mnist import plot_fig3
 
 
@@ -48,6 +51,23 @@ def mnist(runs: Path, out: Path, run: str | None, budget: str | None = None) -> 
     train = pd.DataFrame([r for r in read_jsonl(run_dir / "metrics.jsonl") if r.get("kind") == "train"])
     fig = plot_fig3(pd.read_csv(sweep), train, title=f"MNIST ODE-Net ({run_dir.name}): the paper's Figure 3, measured")
     return [save_figure(fig, out / "mnist_fig3.png")]
+
+
+def latent_ode(runs: Path, out: Path, run: str | None, budget: str | None = None) -> list[Path]:
+    """Figures 8 and 9 from the runs budget=<budget>,data.n_obs=30,model=<rnn|latent_ode>,seed=0
+    (``--run`` names the latent-ODE run; the RNN run is the same name with model=rnn)."""
+    latent_name = run or f"budget={budget or 'cpu'},data.n_obs=30,model=latent_ode,seed=0"
+    arrays = {}
+    for model in ("rnn", "latent_ode"):
+        run_dir = runs / "latent_ode" / latent_name.replace("model=latent_ode", f"model={model}")
+        path = run_dir / "arrays" / "spirals.npz"
+        if not (run_dir / "done").exists() or not path.exists():
+            raise FileNotFoundError(f"no finished {model} run with arrays at {run_dir} "
+                                    "(run `make reproduce-latent-ode BUDGET=cpu` first)")
+        with np.load(path) as z:
+            arrays[model] = dict(z)
+    return [save_figure(plot_fig8(arrays["rnn"], arrays["latent_ode"]), out / "latent_fig8.png"),
+            save_figure(plot_fig9(arrays["latent_ode"]), out / "latent_fig9.png")]
 
 
 def cnf(runs: Path, out: Path, run: str | None, budget: str | None = None) -> list[Path]:
@@ -105,7 +125,7 @@ def cnf(runs: Path, out: Path, run: str | None, budget: str | None = None) -> li
     return paths
 
 
-FIGURES = {"ode_demo": ode_demo, "mnist": mnist, "cnf": cnf}
+FIGURES = {"ode_demo": ode_demo, "mnist": mnist, "cnf": cnf, "latent_ode": latent_ode}
 
 
 def main(argv=None) -> int:

@@ -146,6 +146,28 @@ register(Experiment(
 ))
 
 register(Experiment(
+    name="latent_ode",
+    title="Latent ODE vs RNNs on irregularly sampled spirals (paper Section 5, Table 2, Figures 8 and 9)",
+    tables=("tables/latent_table2.csv",),
+    figures=("figures/latent_fig8.png", "figures/latent_fig9.png"),
+    metrics=("test_rmse", "test_rmse_noisy", "val_rmse", "nfe_forward", "step_time_s", "wall_time_s"),
+    reproduce="make reproduce-latent-ode BUDGET=<budget>",
+    sections=(
+        Section("Table 2: predictive RMSE over the 100 extrapolation points",
+                (View("table", ("tables/latent_table2",), "summary"),
+                 View("line", ("eval/val_rmse",), title="validation RMSE during training")),
+                "Test RMSE against the noise-free (rmse_*) and noisy (rmse_noisy_*) spirals, mean ± std over seeds "
+                "(results/tables/latent_table2.csv)."),
+        Section("Training: ELBO (latent ODE), next-step NLL (RNNs), NFE",
+                (View("line", ("train/loss",), title="training loss"),
+                 View("line", ("train/nfe_forward",), title="NFE-F of the latent solve"))),
+        Section("Figures 8 and 9: reconstruction, extrapolation, latent space",
+                (View("image", ("figures/latent_fig8",), "summary"),
+                 View("image", ("figures/latent_fig9",), "summary"))),
+    ),
+))
+
+register(Experiment(
     name="ode_demo",
     title="Spiral ODE demo (torchdiffeq's ode_demo)",
     tables=("summary/ode_demo.csv",),

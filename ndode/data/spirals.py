@@ -1,0 +1,141 @@
+"""Irregularly sampled 2-D spirals: the latent-ODE experiment's data (Chen et al. 2018, §5, Appendix E).
+
+Two reference spirals on a dense grid of ``n_grid`` angles θ ∈ [0, θ_max]
+(θ_max = 6π), as in torchdiffeq's ``examples/latent_ode.py`` (PR #5; the
+authors' own code for Table 2 is not public):
+
+* counter-clockwise: ``r = a + b·θ`` around ``(+5, 0)``;
+* clockwise: the angle runs backwards, ``z = θ_max + 1 − θ``, ``r = a + b·50/z``
+  around ``(−5, 0)``.
+
+Each spiral is a window of ``n_window + n_extrap`` consecutive grid points of
+one of them (exactly half of each split clockwise), starting at a uniformly
+drawn index, so each starts at a different point. Time is the grid's angle
+step (the spirals turn at about one radian per time unit) and starts at 0 in
+every window. The first ``n_window`` points are the observation window: each
+spiral keeps ``n_obs`` of them, drawn without replacement and sorted
+(irregular times, different per spiral); the ``n_extrap`` points after it are
+only ever predicted (Table 2's RMSE). Observations carry Gaussian noise of
+standard deviation ``noise_std``; the noise-free points are kept too.
+
+Generation is a pure function of ``(seed, split)``: train, validation and test
+spirals come from independent streams, so the held-out splits never overlap
+the training ones and do not change when the training set's size does.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+__all__ = ["SpiralData", "make_spirals", "reference_spirals", "subsample_indices", "extrapolation_rmse", "SPLITS"]
+
+SPLITS = ("train", "val", "test")
+
+
+def reference_spirals(n_grid: int = 1000, theta_max: float = 6 * math.pi, a: float = 0.0, b: float = 0.3):
+    """``(t, clockwise, counter_clockwise)``: the grid's times ``[n_grid]`` and both spirals ``[n_grid, 2]``."""
+    theta = np.linspace(0.0, theta_max, n_grid)
+    z = theta_max + 1.0 - theta  # clockwise: the angle decreases along the grid (torchdiffeq's construction)
+    r_cw = a + b * 50.0 / z
+    cw = np.stack([r_cw * np.cos(z) - 5.0, r_cw * np.sin(z)], axis=1)
+    r_cc = a + b * theta
+    cc = np.stack([r_cc * np.cos(theta) + 5.0, r_cc * np.sin(theta)], axis=1)
+    return theta, cw, cc
+
+
+def subsample_indices(n_spirals: int, n_window: int, n_obs: int, rng: np.random.Generator) -> np.ndarray:
+    """``[n_spirals, n_obs]`` sorted indices into ``range(n_window)``, drawn without replacement per spiral."""
+    if not 1 <= n_obs <= n_window:
+        raise ValueError(f"n_obs={n_obs!r} must be in [1, n_window={n_window}] (points kept of the first {n_window})")
+    # argsort of uniform keys = a random permutation per row; its first n_obs entries are a sample without replacement
+    keys = rng.random((n_spirals, n_window))
+    return np.sort(np.argsort(keys, axis=1)[:, :n_obs], axis=1)
+
+
+@dataclass
+class SpiralData:
+    """One split. Times are shared; which of the first ``n_window`` points are observed differs per spiral."""
+
+    t: torch.Tensor  # [n_window + n_extrap] times of the window and the extrapolation points (t[0] = 0)
+    clean: torch.Tensor  # [N, T, 2] noise-free spirals
+    noisy: torch.Tensor  # [N, T, 2] with observation noise (every point; only observed ones are ever used as input)
+    clockwise: torch.Tensor  # [N] bool
+    obs_idx: torch.Tensor  # [N, n_obs] long, sorted, unique, < n_window
+    n_window: int
+    noise_std: float
+
+    @property
+    def n_obs(self) -> int:
+        return self.obs_idx.shape[1]
+
+    @property
+    def n_extrap(self) -> int:
+        return len(self.t) - self.n_window
+
+    def __len__(self) -> int:
+        return self.clean.shape[0]
+
+    @property
+    def mask(self) -> torch.Tensor:
+        """``[N, n_window]`` bool: which window points each spiral observes."""
+        m = torch.zeros(len(self), self.n_window, dtype=torch.bool)
+        return m.scatter_(1, self.obs_idx, True)
+
+    def observed(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The observations as dense tensors: values ``[N, n_obs, 2]`` (noisy) and their times ``[N, n_obs]``."""
+        x = torch.gather(self.noisy, 1, self.obs_idx[..., None].expand(-1, -1, self.noisy.shape[-1]))
+        return x, self.t[self.obs_idx]
+
+    def subset(self, rows) -> "SpiralData":
+        rows = torch.as_tensor(rows)
+        return SpiralData(self.t, self.clean[rows], self.noisy[rows], self.clockwise[rows], self.obs_idx[rows],
+                          self.n_window, self.noise_std)
+
+
+def make_spirals(n_spirals: int = 1000, n_obs: int = 100, noise_std: float = 0.1, seed: int = 0, split: str = "train",
+                 n_window: int = 100, n_extrap: int = 100, n_grid: int = 1000, a: float = 0.0, b: float = 0.3,
+                 dtype: torch.dtype = torch.float32) -> SpiralData:
+    """``n_spirals`` spirals of split ``split``; deterministic given ``(seed, split)`` and the sizes."""
+    if split not in SPLITS:
+        raise ValueError(f"split={split!r} is not one of {list(SPLITS)}")
+    if n_spirals < 2:
+        raise ValueError(f"n_spirals={n_spirals!r} must be >= 2 (half clockwise, half counter-clockwise)")
+    if not (math.isfinite(noise_std) and noise_std > 0):
+        raise ValueError(f"noise_std={noise_std!r} must be a finite number > 0 (the observation noise's scale)")
+    if n_window < 1 or n_extrap < 1:
+        raise ValueError(f"n_window={n_window!r} and n_extrap={n_extrap!r} must both be >= 1")
+    length = n_window + n_extrap
+    # torchdiffeq starts windows in [n_window, n_grid - n_window); ours also need room for the extrapolation points
+    lo, hi = n_window, n_grid - length
+    if hi <= lo:
+        raise ValueError(f"n_grid={n_grid!r} leaves no room for windows of {length} points after the first {n_window}")
+    rng = np.random.default_rng([seed, SPLITS.index(split)])
+    theta, cw, cc = reference_spirals(n_grid, a=a, b=b)
+    clockwise = rng.permutation(np.arange(n_spirals) < n_spirals // 2)
+    start = rng.integers(lo, hi, size=n_spirals)
+    rows = start[:, None] + np.arange(length)[None, :]
+    clean = np.where(clockwise[:, None, None], cw[rows], cc[rows])
+    noisy = clean + noise_std * rng.standard_normal(clean.shape)
+    obs_idx = subsample_indices(n_spirals, n_window, n_obs, rng)
+    t = theta[:length] - theta[0]
+    return SpiralData(torch.as_tensor(t, dtype=dtype), torch.as_tensor(clean, dtype=dtype),
+                      torch.as_tensor(noisy, dtype=dtype), torch.as_tensor(clockwise),
+                      torch.as_tensor(obs_idx, dtype=torch.long), n_window, float(noise_std))
+
+
+def extrapolation_rmse(pred: torch.Tensor, target: torch.Tensor, n_window: int) -> float:
+    """Root mean squared error over the extrapolation points only (grid indices ``>= n_window``).
+
+    ``pred`` and ``target`` ``[B, T, D]`` on the shared grid; whatever ``pred``
+    holds inside the observation window (reconstructions, NaN) is ignored.
+    """
+    if pred.shape != target.shape:
+        raise ValueError(f"pred has shape {tuple(pred.shape)}, target {tuple(target.shape)}; they must match")
+    if not 0 <= n_window < pred.shape[1]:
+        raise ValueError(f"n_window={n_window!r} must leave extrapolation points in a grid of {pred.shape[1]}")
+    err = pred[:, n_window:] - target[:, n_window:]
+    return float(torch.sqrt((err * err).mean()))

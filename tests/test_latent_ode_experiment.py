@@ -1,0 +1,144 @@
+"""The latent-ODE experiment end to end at the smoke budget, its config errors, the non-finite-ELBO stop,
+and Table 2 / Figures 8-9 built from the smoke records."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("hydra")
+from hydra import compose, initialize_config_dir  # noqa: E402
+from hydra.errors import ConfigCompositionException  # noqa: E402
+
+from ndode.harness import ConfigError, load_runs, run_experiment  # noqa: E402
+from ndode.report.latent_ode import claim_holds, plot_fig8, plot_fig9, table2, table2_markdown  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _load(name):
+    mod_name = f"_ndode_experiment_{name}"
+    if mod_name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(mod_name, REPO / "experiments" / f"{name}.py")
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[mod_name] = mod
+        spec.loader.exec_module(mod)
+    return sys.modules[mod_name]
+
+
+latent = _load("latent_ode")
+
+
+def compose_latent(*overrides):
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+        return compose("latent_ode", overrides=list(overrides))
+
+
+@pytest.fixture(autouse=True)
+def _no_wandb(monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+
+
+@pytest.fixture(scope="module")
+def smoke_runs(tmp_path_factory):
+    """One smoke run per model at n_obs = 30 (and the latent ODE at 50), seeds 0 and 1 for two of them."""
+    root = tmp_path_factory.mktemp("runs")
+    runs = {}
+    for model, n, seed in (("latent_ode", 30, 0), ("latent_ode", 30, 1), ("rnn", 30, 0), ("rnn", 30, 1),
+                           ("rnn_dt", 30, 0), ("latent_ode", 50, 0)):
+        cfg = compose_latent(f"model={model}", f"data.n_obs={n}", "budget=smoke", "quiet=true", f"seed={seed}",
+                             f"run_root={root}")
+        run_dir = root / "latent_ode" / f"budget=smoke,data.n_obs={n},model={model},seed={seed}"
+        runs[(model, n, seed)] = (run_experiment(cfg, latent.LatentODETask, run_dir=run_dir), run_dir)
+    return root, runs
+
+
+@pytest.mark.parametrize("model", ["latent_ode", "rnn", "rnn_dt"])
+def test_smoke_run_learns_and_reports(model, smoke_runs):
+    _, runs = smoke_runs
+    s, run_dir = runs[(model, 30, 0)]
+    assert (run_dir / "done").exists()
+    for k in ("val_rmse", "test_rmse", "test_rmse_noisy"):
+        assert np.isfinite(s[k]) and s[k] > 0, k
+    train = [r for r in map(json.loads, open(run_dir / "metrics.jsonl")) if r["kind"] == "train"]
+    assert train[-1]["loss"] < train[0]["loss"]  # the objective falls
+    evals = [r for r in map(json.loads, open(run_dir / "metrics.jsonl")) if r["kind"] == "eval"]
+    assert evals[-1]["val_rmse"] < evals[0]["val_rmse"] * 1.05 or model != "latent_ode"
+    a = dict(np.load(run_dir / "arrays" / "spirals.npz"))
+    assert a["extrap_x"].shape[1:] == (100, 2) and a["clean"].shape[1:] == (200, 2)
+    if model == "latent_ode":  # the smoke budget trains with the adjoint
+        assert s["nfe_forward"] > 0 and s["nfe_backward"] > 0 and "test_rmse_window" in s
+        assert a["vary_x"].shape[0] == len(a["vary_values"]) and a["latent_z"].shape[-1] == 4
+
+
+def test_table2_and_figures_from_run_records(smoke_runs):
+    root, _ = smoke_runs
+    df = load_runs(root)
+    t = table2(df)
+    assert list(t.columns[:7]) == ["budget", "model", "n_obs", "rmse_mean", "rmse_std", "n_seeds", "paper_rmse"]
+    row = t[(t.model == "latent_ode") & (t.n_obs == 30)].iloc[0]
+    runs = df[(df["model.name"] == "latent_ode") & (df["data.n_obs"] == 30)]["test_rmse"]
+    assert row.n_seeds == 2 and row.rmse_mean == pytest.approx(runs.mean()) and row.rmse_std == pytest.approx(runs.std())
+    assert row.paper_rmse == 0.1642
+    assert t[(t.model == "rnn_dt")].iloc[0].n_seeds == 1 and np.isnan(t[(t.model == "rnn_dt")].iloc[0].rmse_std)
+    assert claim_holds(t)[50] is None and claim_holds(t)[30] in (True, False)
+    md = table2_markdown(t, noise_std=0.1)
+    assert "mean ± std over 1–2 seeds" in md and "0.3937" in md and "noise-free" in md and "noisy" in md
+    a_rnn = dict(np.load(root / "latent_ode" / "budget=smoke,data.n_obs=30,model=rnn,seed=0" / "arrays" / "spirals.npz"))
+    a_lat = dict(np.load(root / "latent_ode" / "budget=smoke,data.n_obs=30,model=latent_ode,seed=0" / "arrays"
+                         / "spirals.npz"))
+    assert len(plot_fig8(a_rnn, a_lat).axes) >= 9
+    assert len(plot_fig9(a_lat).axes) >= 2
+
+
+@pytest.mark.parametrize("override, option", [
+    ("data.n_obs=101", "data.n_obs"), ("data.n_obs=0", "data.n_obs"), ("data.noise_std=0", "data.noise_std"),
+    ("data.noise_std=-0.5", "data.noise_std"), ("model.obs_std=0", "model.obs_std"), ("budget.lr_final=1", "lr_final"),
+])
+def test_bad_values_fail_before_any_work_naming_the_option(override, option, tmp_path):
+    cfg = compose_latent(override, "budget=smoke", "quiet=true", f"run_root={tmp_path}")
+    with pytest.raises(ConfigError, match=option.replace(".", r"\.")):
+        run_experiment(cfg, latent.LatentODETask, run_dir=tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_rnn_needs_two_observations(tmp_path):
+    cfg = compose_latent("model=rnn", "data.n_obs=1", "budget=smoke", f"run_root={tmp_path}")
+    with pytest.raises(ConfigError, match=r"data\.n_obs=1"):
+        run_experiment(cfg, latent.LatentODETask, run_dir=tmp_path / "run")
+
+
+@pytest.mark.parametrize("override, match", [("model=gru", "model"), ("model.name=gru", "model.name")])
+def test_unknown_model_name_is_refused(override, match):
+    with pytest.raises(ConfigCompositionException) as e:
+        compose_latent(override)
+    text = f"{e.value} {e.value.__cause__}"
+    assert match in text and "gru" in text
+
+
+def test_non_finite_elbo_stops_naming_iteration_and_nfe_and_keeps_the_checkpoint(tmp_path):
+    class Poisoned(latent.LatentODETask):
+        def train_step(self, step):
+            if step == 3:  # the decoder starts emitting NaN at the 4th iteration
+                with torch.no_grad():
+                    self.model.decoder.net[-1].bias.fill_(float("nan"))
+            return super().train_step(step)
+
+    cfg = compose_latent("budget=smoke", "quiet=true", f"run_root={tmp_path}")
+    run_dir = tmp_path / "run"
+    with pytest.raises(latent.NonFiniteLossError, match=r"non-finite ELBO \(nan\) at iteration 4/6 \(NFE-F \d+\)") as e:
+        run_experiment(cfg, Poisoned, run_dir=run_dir)
+    assert "last good checkpoint" in str(e.value)
+    assert not (run_dir / "done").exists()
+    ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=False)
+    assert ckpt["step"] == 2  # saved every 2 iterations: the last one before the failure, not overwritten
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values())
+    # rerunning resumes from that checkpoint and, without the poison, finishes
+    s = run_experiment(cfg, latent.LatentODETask, run_dir=run_dir)
+    assert (run_dir / "done").exists() and np.isfinite(s["test_rmse"])
