@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -15,7 +14,7 @@ import pandas as pd
 import pytest
 
 pytest.importorskip("hydra")
-from hydra import compose, initialize_config_dir  # noqa: E402
+from _experiments import compose_config, load_experiment  # noqa: E402
 
 from ndode.harness import ConfigError, load_runs, read_jsonl, run_experiment  # noqa: E402
 from ndode.report import cnf as C  # noqa: E402
@@ -23,22 +22,11 @@ from ndode.report import cnf as C  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _load(name):
-    mod_name = f"_ndode_experiment_{name}"
-    if mod_name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(mod_name, REPO / "experiments" / f"{name}.py")
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[mod_name] = mod
-        spec.loader.exec_module(mod)
-    return sys.modules[mod_name]
-
-
-cnf = _load("cnf")
+cnf = load_experiment("cnf")
 
 
 def compose_cnf(*overrides):
-    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
-        return compose("cnf", overrides=["budget=smoke", "quiet=true", "logger.wandb=false", *overrides])
+    return compose_config("cnf", "budget=smoke", "quiet=true", "logger.wandb=false", *overrides)
 
 
 @pytest.fixture(autouse=True)

@@ -3,9 +3,7 @@ and Table 2 / Figures 8-9 built from the smoke records."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +11,7 @@ import pytest
 import torch
 
 pytest.importorskip("hydra")
-from hydra import compose, initialize_config_dir  # noqa: E402
+from _experiments import compose_config, load_experiment  # noqa: E402
 from hydra.errors import ConfigCompositionException  # noqa: E402
 
 from ndode.harness import ConfigError, load_runs, run_experiment  # noqa: E402
@@ -22,22 +20,11 @@ from ndode.report.latent_ode import claim_holds, plot_fig8, plot_fig9, table2, t
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _load(name):
-    mod_name = f"_ndode_experiment_{name}"
-    if mod_name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(mod_name, REPO / "experiments" / f"{name}.py")
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[mod_name] = mod
-        spec.loader.exec_module(mod)
-    return sys.modules[mod_name]
-
-
-latent = _load("latent_ode")
+latent = load_experiment("latent_ode")
 
 
 def compose_latent(*overrides):
-    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
-        return compose("latent_ode", overrides=list(overrides))
+    return compose_config("latent_ode", *overrides)
 
 
 @pytest.fixture(autouse=True)

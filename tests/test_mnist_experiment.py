@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
 pytest.importorskip("hydra")
-from hydra import compose, initialize_config_dir  # noqa: E402
+from _experiments import compose_config, load_experiment  # noqa: E402
 from hydra.errors import ConfigCompositionException  # noqa: E402
 
 import ndode.data._provision as M  # noqa: E402
@@ -21,22 +19,11 @@ import ndode  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _load(name):
-    mod_name = f"_ndode_experiment_{name}"
-    if mod_name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(mod_name, REPO / "experiments" / f"{name}.py")
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[mod_name] = mod
-        spec.loader.exec_module(mod)
-    return sys.modules[mod_name]
-
-
-mnist = _load("mnist")
+mnist = load_experiment("mnist")
 
 
 def compose_mnist(*overrides):
-    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
-        return compose("mnist", overrides=list(overrides))
+    return compose_config("mnist", *overrides)
 
 
 @pytest.fixture(scope="module")
