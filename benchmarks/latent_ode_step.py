@@ -26,7 +26,7 @@ from ndode.data.spirals import make_spirals
 from ndode.models.latent_ode import LatentODE, latent_ode_elbo
 
 from . import peers as P
-from .timing import CallCounter, interleaved
+from .timing import CallCounter, interleaved, variant_value
 
 NAME = "latent_ode_step"
 SIZES = {
@@ -101,15 +101,10 @@ def run(sizes: dict, peers=P.PEERS) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _get(df, variant, col):
-    r = df.loc[df.variant == variant, col]
-    return float(r.iloc[0]) if len(r) else float("nan")
-
-
 def verdicts(df: pd.DataFrame) -> list[tuple[str, bool]]:
     if "torchdiffeq adjoint" not in set(df.variant):
         return []
-    nd, td = _get(df, "ndode adjoint", "step_s"), _get(df, "torchdiffeq adjoint", "step_s")
+    nd, td = variant_value(df, "ndode adjoint", "step_s"), variant_value(df, "torchdiffeq adjoint", "step_s")
     return [(f"adjoint iteration: ndode {nd:.2f} s vs torchdiffeq {td:.2f} s, ratio {nd / td:.2f} (goal ≤ 0.4)",
              nd <= 0.4 * td)]
 
@@ -121,8 +116,8 @@ def summary(df: pd.DataFrame) -> str:
     line = "latent ODE iteration: " + "; ".join(parts)
     if "torchdiffeq adjoint" in set(df.variant):
         line += (f" | time ndode/torchdiffeq: adjoint "
-                 f"{_get(df, 'ndode adjoint', 'step_s') / _get(df, 'torchdiffeq adjoint', 'step_s'):.2f}, direct "
-                 f"{_get(df, 'ndode direct', 'step_s') / _get(df, 'torchdiffeq direct', 'step_s'):.2f}")
+                 f"{variant_value(df, 'ndode adjoint', 'step_s') / variant_value(df, 'torchdiffeq adjoint', 'step_s'):.2f}, direct "
+                 f"{variant_value(df, 'ndode direct', 'step_s') / variant_value(df, 'torchdiffeq direct', 'step_s'):.2f}")
     return line
 
 
@@ -131,7 +126,7 @@ def markdown(df: pd.DataFrame) -> str:
              "÷ torchdiffeq same mode | ‖grad − torchdiffeq adjoint‖ / ‖·‖ |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in df.itertuples():
-        td = _get(df, f"torchdiffeq {r.mode}", "step_s")
+        td = variant_value(df, f"torchdiffeq {r.mode}", "step_s")
         ratio = r.step_s / td if r.library == "ndode" and td == td else float("nan")
         back = "—" if r.nfe_backward is None or r.nfe_backward != r.nfe_backward else f"{int(r.nfe_backward)}"
         lines.append(f"| {r.variant} | {r.n_spirals} | {r.n_obs} | {r.tol:g} | {r.nfe_forward} | {back} | "

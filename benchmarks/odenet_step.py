@@ -30,7 +30,7 @@ import ndode
 from ndode.models.mnist import build_mnist_model
 
 from . import peers as P
-from .timing import CallCounter, interleaved
+from .timing import CallCounter, interleaved, variant_value
 
 NAME = "odenet_step"
 SIZES = {
@@ -161,16 +161,11 @@ def run(sizes: dict, peers=P.PEERS) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _get(df, variant, col):
-    r = df.loc[df.variant == variant, col]
-    return float(r.iloc[0]) if len(r) else float("nan")
-
-
 def verdicts(df: pd.DataFrame) -> list[tuple[str, bool]]:
     if "torchdiffeq (full)" not in set(df.variant):
         return []
-    nd_t, td_t = _get(df, "ndode (seminorm)", "step_s"), _get(df, "torchdiffeq (full)", "step_s")
-    nd_b, td_b = _get(df, "ndode (seminorm)", "nfe_backward"), _get(df, "torchdiffeq (full)", "nfe_backward")
+    nd_t, td_t = variant_value(df, "ndode (seminorm)", "step_s"), variant_value(df, "torchdiffeq (full)", "step_s")
+    nd_b, td_b = variant_value(df, "ndode (seminorm)", "nfe_backward"), variant_value(df, "torchdiffeq (full)", "nfe_backward")
     return [
         (f"step time: ndode (default, seminorm) {nd_t:.2f} s vs torchdiffeq (default) {td_t:.2f} s, "
          f"ratio {nd_t / td_t:.2f} (goal ≤ 1)", nd_t <= td_t),
@@ -182,14 +177,14 @@ def summary(df: pd.DataFrame) -> str:
     parts = [f"{r.variant}: {r.step_s:.2f} s, NFE-F/B {r.nfe_forward}/{r.nfe_backward}" for r in df.itertuples()]
     line = "odenet step: " + "; ".join(parts)
     if "torchdiffeq (full)" in set(df.variant):
-        line += (f" | time ndode/torchdiffeq: default {_get(df, 'ndode (seminorm)', 'step_s') / _get(df, 'torchdiffeq (full)', 'step_s'):.2f}, "
-                 f"same norm full {_get(df, 'ndode (full)', 'step_s') / _get(df, 'torchdiffeq (full)', 'step_s'):.2f}, "
-                 f"seminorm {_get(df, 'ndode (seminorm)', 'step_s') / _get(df, 'torchdiffeq (seminorm)', 'step_s'):.2f}")
+        line += (f" | time ndode/torchdiffeq: default {variant_value(df, 'ndode (seminorm)', 'step_s') / variant_value(df, 'torchdiffeq (full)', 'step_s'):.2f}, "
+                 f"same norm full {variant_value(df, 'ndode (full)', 'step_s') / variant_value(df, 'torchdiffeq (full)', 'step_s'):.2f}, "
+                 f"seminorm {variant_value(df, 'ndode (seminorm)', 'step_s') / variant_value(df, 'torchdiffeq (seminorm)', 'step_s'):.2f}")
     return line
 
 
 def markdown(df: pd.DataFrame) -> str:
-    td = {n: _get(df, f"torchdiffeq ({n})", "step_s") for n in ("full", "seminorm")}
+    td = {n: variant_value(df, f"torchdiffeq ({n})", "step_s") for n in ("full", "seminorm")}
     lines = ["| variant | NFE forward | NFE backward | step (s) | step CPU (s) | ÷ torchdiffeq same norm | "
              "‖grad − torchdiffeq (full)‖ / ‖·‖ | grad error vs float64 reference (8 images) |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]

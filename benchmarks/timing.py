@@ -176,3 +176,9 @@ def machine_info() -> dict:
         "loadavg_1m": round(load[0], 2),
         "loadavg_5m": round(load[1], 2),
     }
+
+
+def variant_value(df, variant: str, col: str) -> float:
+    """Column ``col`` of the row whose ``variant`` is ``variant`` in a benchmark's results (NaN if absent)."""
+    r = df.loc[df.variant == variant, col]
+    return float(r.iloc[0]) if len(r) else float("nan")
