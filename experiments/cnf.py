@@ -31,8 +31,8 @@ from omegaconf import OmegaConf
 
 from ndode import SolverError
 from ndode.data.toy2d import DATASETS, TARGETS, check_name, energy, sample_data
-from ndode.harness import (BudgetConfig, ConfigError, ExperimentConfig, RunContext, Task, atomic_save, register_schema,
-                           run_experiment, solver_kwargs)
+from ndode.harness import (BudgetConfig, ConfigError, ExperimentConfig, RunContext, Task, atomic_save, ranged,
+                           register_schema, run_experiment, solver_kwargs)
 from ndode.models.cnf import CNF, ConcatMLPDynamics, HyperPlanarDynamics
 from ndode.models.planar import PlanarFlow
 
@@ -58,24 +58,19 @@ if not OmegaConf.has_resolver("ndode_cnf_plan"):
 class Plan:
     """The schedule of one (task, model) pair inside a budget."""
 
-    steps: int = 100
-    batch_size: int = 512
+    steps: int = ranged(100, ge=1)
+    batch_size: int = ranged(512, ge=1)
     optim: str = "adam"
-    lr: float = 1e-3
-    momentum: float = 0.0  # RMSprop only
-    log_every: int = 10
-    eval_every: int = 0
-    checkpoint_every: int = 0
-    progress_every: int = 0
+    lr: float = ranged(1e-3, gt=0)
+    momentum: float = ranged(0.0, ge=0)  # RMSprop only
+    log_every: int = ranged(10, ge=1)
+    eval_every: int = ranged(0, ge=0)
+    checkpoint_every: int = ranged(0, ge=0)
+    progress_every: int = ranged(0, ge=0)
 
     def validate(self, path: str) -> None:
-        for key in ("steps", "batch_size", "log_every"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"{path}.{key}={getattr(self, key)!r} must be >= 1")
         if self.optim not in OPTIMIZERS:
             raise ConfigError(f"{path}.optim={self.optim!r} is not one of {list(OPTIMIZERS)}")
-        if not self.lr > 0:
-            raise ConfigError(f"{path}.lr={self.lr!r} must be > 0")
 
 
 @dataclass
@@ -83,54 +78,42 @@ class CNFBudget(BudgetConfig):
     # per (task, model): density_planar, density_cnf, mle_planar, mle_cnf, mle_ffjord; the harness's
     # steps/log_every/... come from the run's entry (see configs/budget/cnf/*.yaml)
     plan: dict[str, Plan] = field(default_factory=dict)
-    batch_size: int = 512
+    batch_size: int = ranged(512, ge=1)
     optim: str = "adam"
-    lr: float = 1e-3
-    momentum: float = 0.0
-    kl_samples: int = 10000  # samples of q for the final KL estimate (density matching)
-    test_size: int = 5000  # held-out test sample (maximum likelihood)
-    grid: int = 100  # density plots: grid points per axis
-    plot_samples: int = 2000  # samples drawn in the figures
+    lr: float = ranged(1e-3, gt=0)
+    momentum: float = ranged(0.0, ge=0)
+    kl_samples: int = ranged(10000, ge=1)  # samples of q for the final KL estimate (density matching)
+    test_size: int = ranged(5000, ge=1)  # held-out test sample (maximum likelihood)
+    grid: int = ranged(100, ge=1)  # density plots: grid points per axis
+    plot_samples: int = ranged(2000, ge=1)  # samples drawn in the figures
 
     def validate(self, path: str) -> None:
         super().validate(path)
-        for key in ("batch_size", "kl_samples", "test_size", "grid", "plot_samples"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"{path}.{key}={getattr(self, key)!r} must be >= 1")
         if self.optim not in OPTIMIZERS:
             raise ConfigError(f"{path}.optim={self.optim!r} is not one of {list(OPTIMIZERS)}")
-        if not self.lr > 0:
-            raise ConfigError(f"{path}.lr={self.lr!r} must be > 0")
 
 
 @dataclass
 class ArchConfig:
     """Architecture details that the sweeps do not vary."""
 
-    hyper_hidden: int = 32  # the paper's CNF: hidden units of the hypernetwork of t (torchdiffeq examples/cnf.py)
-    cnf_t1: float = 10.0  # the paper's CNF integrates t in [0, 10] (torchdiffeq examples/cnf.py)
-    ffjord_layers: int = 3  # FFJORD train_toy.py: 64-64-64
-    ffjord_t1: float = 0.5  # FFJORD train_toy.py: time_length 0.5 (fixed here, trainable there)
+    hyper_hidden: int = ranged(32, ge=1)  # the paper's CNF: hidden units of the hypernetwork of t (torchdiffeq examples/cnf.py)
+    cnf_t1: float = ranged(10.0, gt=0)  # the paper's CNF integrates t in [0, 10] (torchdiffeq examples/cnf.py)
+    ffjord_layers: int = ranged(3, ge=1)  # FFJORD train_toy.py: 64-64-64
+    ffjord_t1: float = ranged(0.5, gt=0)  # FFJORD train_toy.py: time_length 0.5 (fixed here, trainable there)
     probe: str = "rademacher"  # Hutchinson probes for ffjord training: rademacher | gaussian
-    base_var: Optional[float] = None  # variance of the Gaussian base; None: 0.1 for circles/moons, else 1
+    base_var: Optional[float] = ranged(None, gt=0)  # variance of the Gaussian base; None: 0.1 for circles/moons, else 1
 
     def validate(self, path: str) -> None:
-        if self.hyper_hidden < 1 or self.ffjord_layers < 1:
-            raise ConfigError(f"{path}.hyper_hidden and {path}.ffjord_layers must be >= 1")
-        for key in ("cnf_t1", "ffjord_t1"):
-            if not getattr(self, key) > 0:
-                raise ConfigError(f"{path}.{key}={getattr(self, key)!r} must be > 0")
         if self.probe not in PROBES:
             raise ConfigError(f"{path}.probe={self.probe!r} is not one of {list(PROBES)}")
-        if self.base_var is not None and not self.base_var > 0:
-            raise ConfigError(f"{path}.base_var={self.base_var!r} must be > 0 (or null)")
 
 
 @dataclass
 class CNFConfig(ExperimentConfig):
     data: str = "U1"  # a target (U1..U4) or a data set (circles, moons, 8gaussians, ...)
     flow: str = "cnf"  # planar | cnf | ffjord
-    size: int = 32  # K planar layers | M CNF units | FFJORD hidden width
+    size: int = ranged(32, ge=1)  # K planar layers | M CNF units | FFJORD hidden width
     arch: ArchConfig = field(default_factory=ArchConfig)
     budget: CNFBudget = field(default_factory=CNFBudget)
 
@@ -142,9 +125,6 @@ class CNFConfig(ExperimentConfig):
             raise ConfigError(str(e)) from None
         if self.flow not in MODELS:
             raise ConfigError(f"flow={self.flow!r} is not one of {list(MODELS)}")
-        if self.size < 1:
-            raise ConfigError(f"size={self.size!r} must be a positive integer (K planar layers, M CNF units "
-                              "or FFJORD width)")
         if kind == "target" and self.flow == "ffjord":
             raise ConfigError(f"flow=ffjord is for maximum likelihood on a data set ({list(DATASETS)}); "
                               f"data={self.data!r} is a target: use flow=planar or flow=cnf")

@@ -87,7 +87,7 @@ def test_smoke_run_of_the_command_line_entry_point(tmp_path):
     assert p.returncode == 0, p.stderr
     bad = subprocess.run([sys.executable, "experiments/cnf.py", "budget=smoke", "size=0", f"run_root={tmp_path}"],
                          cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
-    assert bad.returncode != 0 and "config error: size=0 must be a positive integer" in bad.stderr
+    assert bad.returncode != 0 and "config error: size=0 must be >= 1" in bad.stderr
     runs = load_runs(tmp_path)
     assert list(runs["run_name"]) == ["budget=smoke,data=U2,flow=planar,size=2,seed=0"]
     assert runs["task"].iloc[0] == "density"
@@ -96,8 +96,8 @@ def test_smoke_run_of_the_command_line_entry_point(tmp_path):
 @pytest.mark.parametrize("override,match", [
     ("data=U9", r"data='U9' is not a known target or data set; targets .*'U1', 'U2', 'U3', 'U4'.*'circles', 'moons'"),
     ("data=swissroll", r"data='swissroll'.*8gaussians.*rings"),
-    ("size=0", r"size=0 must be a positive integer"),
-    ("size=-3", r"size=-3 must be a positive integer"),
+    ("size=0", r"^size=0 must be >= 1$"),
+    ("size=-3", r"^size=-3 must be >= 1$"),
     ("flow=glow", r"flow='glow' is not one of \['planar', 'cnf', 'ffjord'\]"),
 ])
 def test_bad_config_is_refused_naming_the_option(override, match, tmp_path):

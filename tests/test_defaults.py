@@ -20,10 +20,11 @@ from ndode.harness import resolve_device, run_experiment  # noqa: E402
 from ndode.harness.config import auto_budget  # noqa: E402
 from ndode.harness.plan import expand_sweep, print_plan  # noqa: E402
 
-from test_harness import CONFIGS, _load_experiment, ode_demo  # noqa: E402
+from _experiments import load_experiment  # noqa: E402
+from test_harness import CONFIGS, ode_demo  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-mnist = _load_experiment("mnist")
+mnist = load_experiment("mnist")
 SHORT = ["budget.steps=5", "budget.refine_steps=1"]
 
 

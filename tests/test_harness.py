@@ -10,13 +10,13 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
 pytest.importorskip("hydra")
+from _experiments import load_experiment  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 from hydra.errors import ConfigCompositionException  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
@@ -33,19 +33,7 @@ CONFIGS = REPO / "configs"
 DATA = Path(__file__).resolve().parent / "data"
 
 
-def _load_experiment(name: str):
-    """Import experiments/<name>.py (registers its schema in Hydra's ConfigStore)."""
-    mod_name = f"_ndode_experiment_{name}"
-    if mod_name in sys.modules:
-        return sys.modules[mod_name]
-    spec = importlib.util.spec_from_file_location(mod_name, REPO / "experiments" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[mod_name] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-ode_demo = _load_experiment("ode_demo")
+ode_demo = load_experiment("ode_demo")
 
 
 def compose_demo(*overrides: str):

@@ -30,7 +30,8 @@ from ndode.harness.config import Range, run_name, validate  # noqa: E402
 from ndode.harness.loop import CheckpointError, NonFiniteError, RunInterrupted  # noqa: E402
 from ndode.harness.record import RecordWriteError, RunLockedError, atomic_write_text, read_jsonl  # noqa: E402
 
-from test_harness import CONFIGS, _load_experiment, compose_demo, ode_demo, smoke  # noqa: E402
+from _experiments import load_experiment  # noqa: E402
+from test_harness import CONFIGS, compose_demo, ode_demo, smoke  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -88,7 +89,7 @@ def _run_dir(tmp_path, *extra) -> Path:
 
 # ------------------------------------------------------------------ bad values: one mechanism, messages, nothing left
 
-mnist = _load_experiment("mnist")
+mnist = load_experiment("mnist")
 
 
 def compose_mnist(*overrides):
@@ -181,13 +182,14 @@ def test_wrong_type_fails_while_composing(override, words):
         assert w in msg, (w, msg)
 
 
-@pytest.mark.parametrize("schema", ["ode_demo", "mnist"])
+@pytest.mark.parametrize("schema", ["ode_demo", "mnist", "cnf", "latent_ode"])
 def test_every_numeric_option_has_a_range(schema):
     """Every int/float option of an experiment's schema is declared with ``ranged`` (new experiments: add them)."""
     import dataclasses
     import typing
 
-    cls = {"ode_demo": ode_demo.ODEDemoConfig, "mnist": mnist.MNISTConfig}[schema]
+    cls = {"ode_demo": ode_demo.ODEDemoConfig, "mnist": mnist.MNISTConfig,
+           "cnf": load_experiment("cnf").CNFConfig, "latent_ode": load_experiment("latent_ode").LatentODEConfig}[schema]
     missing = []
 
     def walk(c, path):
