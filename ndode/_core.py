@@ -477,6 +477,13 @@ class _Integrator:
     def interpolate(self, y, h, ks, theta):
         return _combine(y, h, self.tab.dense_weights(theta), ks)
 
+    def interpolate_many(self, y, h, ks, thetas):
+        """``[len(thetas), *y.shape]``: the dense output at several points of one step in one contraction
+        (a solve with thousands of output times, such as a batch of event times, would otherwise pay a few
+        kernels per output)."""
+        w = torch.tensor([self.tab.dense_weights(th) for th in thetas], dtype=y.dtype).to(y.device, non_blocking=True)
+        return torch.tensordot(w * h, torch.stack(ks), dims=1).add_(y)
+
     def _stepper(self, t, y, h, ks, y_new, f1):
         """y at a time inside the step just taken: the tableau's dense output, else a cubic Hermite
         interpolant through (y, k0) and (y_new, f1) (``f1()`` gives f at the step's end)."""
@@ -700,15 +707,21 @@ class _Integrator:
                 interp = None
                 outs = []
                 while i < n_out and direction * (times[i] - t_next) <= 0:
-                    if times[i] == t_next:
-                        ys.append(y_new)
-                        outs.append((i, None))
-                    else:
-                        if interp is None:
-                            interp = self._stepper(t, y, h, ks, y_new, f1)
-                        ys.append(interp(times[i]))
-                        outs.append((i, (times[i] - t) / h))
+                    outs.append((i, None if times[i] == t_next else (times[i] - t) / h))
                     i += 1
+                if len(outs) > 2 and tab.dense is not None:  # many outputs in one step: one contraction
+                    many = self.interpolate_many(y, h, ks, [th if th is not None else 1.0 for _, th in outs])
+                    ys.extend(many.unbind(0))
+                    if outs[-1][1] is None:
+                        ys[-1] = y_new
+                else:
+                    for j, th in outs:
+                        if th is None:
+                            ys.append(y_new)
+                        else:
+                            if interp is None:
+                                interp = self._stepper(t, y, h, ks, y_new, f1)
+                            ys.append(interp(times[j]))
                 if self.on_step is not None:  # the checkpointed adjoint records the step and its outputs
                     self.on_step(t, h, y, outs)
                 if event is not None:

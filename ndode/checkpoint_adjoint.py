@@ -125,10 +125,14 @@ class _Checkpointed(torch.autograd.Function):
                 if gk is not None:
                     outputs.append(ks[-1])
                     grads.append(gk)
-                for i, theta in outs:
-                    if theta is None:
-                        grads[0] = grads[0] + grad_ys[i]
-                    else:
+                inside = [(i, theta) for i, theta in outs if theta is not None]
+                if outs and outs[-1][1] is None:  # the step's end is an output time
+                    grads[0] = grads[0] + grad_ys[outs[-1][0]]
+                if len(inside) > 2:  # as the forward pass: one contraction for many outputs
+                    outputs.append(integ.interpolate_many(y, h, ks, [th for _, th in inside]))
+                    grads.append(grad_ys[inside[0][0]: inside[-1][0] + 1])
+                else:
+                    for i, theta in inside:
                         outputs.append(integ.interpolate(y, h, ks, theta))
                         grads.append(grad_ys[i])
                 inputs = (y, k0) + inputs_tail if chained else (y,) + inputs_tail

@@ -59,6 +59,21 @@ def test_matches_direct_backprop_exactly(method, options, backwards, cap, device
         assert torch.allclose(a, b, rtol=1e-10, atol=1e-10), (a - b).abs().max()
 
 
+@pytest.mark.parametrize("method", ["dopri5", "tsit5", "bosh3"])
+def test_many_outputs_per_step_match_direct_backprop(method):
+    # 300 output times in a few steps: both passes read a step's outputs in one contraction (interpolate_many)
+    m = MLPField(seed=1)
+    y0 = torch.randn(4, 2, dtype=D, generator=torch.Generator().manual_seed(2)).requires_grad_()
+    t = torch.cat([torch.zeros(1, dtype=D), torch.rand(299, dtype=D, generator=torch.Generator().manual_seed(3)).sort().values * 2.5])
+    w = torch.randn(300, 4, 2, dtype=D, generator=torch.Generator().manual_seed(4))
+    kw = dict(rtol=1e-5, atol=1e-7, method=method)
+    direct, sd = _grads(m, y0, t, w, None, **kw)
+    ck, sc = _grads(m, y0, t, w, ndode.CheckpointAdjoint(), **kw)
+    assert 3 * sd.n_accepted < len(t)
+    for a, b in zip(ck, direct):
+        assert torch.allclose(a, b, rtol=1e-10, atol=1e-10), (a - b).abs().max()
+
+
 @pytest.mark.parametrize("cap", [None, 2])
 def test_tuple_state_matches_direct_backprop(cap):
     m = MLPField(seed=6)

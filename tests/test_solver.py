@@ -224,6 +224,23 @@ def test_dense_output_matches_forced_steps(method):
     assert (dense.stats.n_accepted, dense.stats.n_rejected) == (plain.stats.n_accepted, plain.stats.n_rejected)
 
 
+@pytest.mark.parametrize("method", DENSE)
+def test_many_outputs_per_step_equal_one_at_a_time(method):
+    """Several outputs inside one step are read in one contraction (``interpolate_many``): the values and their
+    gradients must be those of the per-output interpolant, which a solve with one interior output uses."""
+    y0 = torch.tensor([2.0, 0.0], dtype=torch.float64, requires_grad=True)
+    t = torch.cat([torch.zeros(1), torch.sort(torch.rand(400, generator=torch.Generator().manual_seed(0)) * 6).values,
+                   torch.full((1,), 6.0)]).double()
+    many = ndode.solve(vdp, y0, t, rtol=1e-4, atol=1e-4, method=method)
+    assert 3 * many.stats.n_accepted < len(t)  # so steps hold many outputs each
+    for k in (1, 57, 200, 399):
+        one = ndode.solve(vdp, y0, t[[0, k, -1]], rtol=1e-4, atol=1e-4, method=method)
+        assert torch.allclose(many.ys[k], one.ys[1], rtol=1e-13, atol=1e-13)
+        g_many, = torch.autograd.grad(many.ys[k].sum(), y0, retain_graph=True)
+        g_one, = torch.autograd.grad(one.ys[1].sum(), y0)
+        assert torch.allclose(g_many, g_one, rtol=1e-12, atol=1e-12)
+
+
 # ------------------------------------------------------------------ gradients
 
 

@@ -31,20 +31,46 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-__all__ = ["SpiralData", "make_spirals", "reference_spirals", "subsample_indices", "extrapolation_rmse", "SPLITS"]
+__all__ = ["SpiralData", "make_spirals", "reference_spirals", "spiral_points", "draw_windows", "subsample_indices",
+           "extrapolation_rmse", "SPLITS"]
 
 SPLITS = ("train", "val", "test")
+
+
+def spiral_points(theta, clockwise, theta_max: float = 6 * math.pi, a: float = 0.0, b: float = 0.3) -> np.ndarray:
+    """Points ``[..., 2]`` of the clockwise (``clockwise`` true) or counter-clockwise reference spiral at angles ``theta``.
+
+    The angle is the grid's parameter and time runs with it, so a window that
+    starts at angle ``theta0`` is at ``spiral_points(theta0 + t, ...)`` at time ``t``.
+    """
+    theta = np.asarray(theta, dtype=np.float64)
+    z = theta_max + 1.0 - theta  # clockwise: the angle decreases along the grid (torchdiffeq's construction)
+    r_cw = a + b * 50.0 / z
+    cw = np.stack([r_cw * np.cos(z) - 5.0, r_cw * np.sin(z)], axis=-1)
+    r_cc = a + b * theta
+    cc = np.stack([r_cc * np.cos(theta) + 5.0, r_cc * np.sin(theta)], axis=-1)
+    return np.where(np.asarray(clockwise)[..., None], cw, cc)
 
 
 def reference_spirals(n_grid: int = 1000, theta_max: float = 6 * math.pi, a: float = 0.0, b: float = 0.3):
     """``(t, clockwise, counter_clockwise)``: the grid's times ``[n_grid]`` and both spirals ``[n_grid, 2]``."""
     theta = np.linspace(0.0, theta_max, n_grid)
-    z = theta_max + 1.0 - theta  # clockwise: the angle decreases along the grid (torchdiffeq's construction)
-    r_cw = a + b * 50.0 / z
-    cw = np.stack([r_cw * np.cos(z) - 5.0, r_cw * np.sin(z)], axis=1)
-    r_cc = a + b * theta
-    cc = np.stack([r_cc * np.cos(theta) + 5.0, r_cc * np.sin(theta)], axis=1)
-    return theta, cw, cc
+    return theta, spiral_points(theta, True, theta_max, a, b), spiral_points(theta, False, theta_max, a, b)
+
+
+def draw_windows(n_spirals: int, n_window: int, n_extrap: int, n_grid: int, rng: np.random.Generator):
+    """``(clockwise [n], start [n])``: which spirals run clockwise (exactly half) and each window's first grid index."""
+    if n_spirals < 2:
+        raise ValueError(f"n_spirals={n_spirals!r} must be >= 2 (half clockwise, half counter-clockwise)")
+    if n_window < 1 or n_extrap < 1:
+        raise ValueError(f"n_window={n_window!r} and n_extrap={n_extrap!r} must both be >= 1")
+    length = n_window + n_extrap
+    # torchdiffeq starts windows in [n_window, n_grid - n_window); ours also need room for the extrapolation points
+    lo, hi = n_window, n_grid - length
+    if hi <= lo:
+        raise ValueError(f"n_grid={n_grid!r} leaves no room for windows of {length} points after the first {n_window}")
+    clockwise = rng.permutation(np.arange(n_spirals) < n_spirals // 2)
+    return clockwise, rng.integers(lo, hi, size=n_spirals)
 
 
 def subsample_indices(n_spirals: int, n_window: int, n_obs: int, rng: np.random.Generator) -> np.ndarray:
@@ -102,21 +128,12 @@ def make_spirals(n_spirals: int = 1000, n_obs: int = 100, noise_std: float = 0.1
     """``n_spirals`` spirals of split ``split``; deterministic given ``(seed, split)`` and the sizes."""
     if split not in SPLITS:
         raise ValueError(f"split={split!r} is not one of {list(SPLITS)}")
-    if n_spirals < 2:
-        raise ValueError(f"n_spirals={n_spirals!r} must be >= 2 (half clockwise, half counter-clockwise)")
     if not (math.isfinite(noise_std) and noise_std > 0):
         raise ValueError(f"noise_std={noise_std!r} must be a finite number > 0 (the observation noise's scale)")
-    if n_window < 1 or n_extrap < 1:
-        raise ValueError(f"n_window={n_window!r} and n_extrap={n_extrap!r} must both be >= 1")
     length = n_window + n_extrap
-    # torchdiffeq starts windows in [n_window, n_grid - n_window); ours also need room for the extrapolation points
-    lo, hi = n_window, n_grid - length
-    if hi <= lo:
-        raise ValueError(f"n_grid={n_grid!r} leaves no room for windows of {length} points after the first {n_window}")
     rng = np.random.default_rng([seed, SPLITS.index(split)])
     theta, cw, cc = reference_spirals(n_grid, a=a, b=b)
-    clockwise = rng.permutation(np.arange(n_spirals) < n_spirals // 2)
-    start = rng.integers(lo, hi, size=n_spirals)
+    clockwise, start = draw_windows(n_spirals, n_window, n_extrap, n_grid, rng)
     rows = start[:, None] + np.arange(length)[None, :]
     clean = np.where(clockwise[:, None, None], cw[rows], cc[rows])
     noisy = clean + noise_std * rng.standard_normal(clean.shape)

@@ -17,11 +17,14 @@ A batch of irregularly observed spirals is solved in **one** call, at the
 union of every spiral's observation times (:func:`union_of_times`); each
 spiral reads its own times out of it and a mask hides the rest from the loss.
 
-Extension point (a Poisson-process likelihood, paper §5.1): the solve goes
-through :meth:`LatentODE.initial_state`, :attr:`LatentODE.ode_func` and
-:meth:`LatentODE.latent_path`, so a subclass can integrate a tuple state
-``(z, Λ)`` with ``dΛ/dt = λ(z)`` by overriding those three, and add its
-log-likelihood term to the ``terms`` that :func:`latent_ode_elbo` sums.
+The Poisson-process variant (paper §5.1), :class:`PoissonLatentODE`: the
+solve goes through :meth:`LatentODE.initial_state`, :attr:`LatentODE.ode_func`
+and :meth:`LatentODE.latent_path`, which it overrides to integrate the tuple
+state ``(z, Λ)`` with ``dΛ/dt = λ(z)``; the log-likelihood of the observation
+times (:func:`poisson_log_likelihood`) joins the ELBO through
+:func:`latent_ode_elbo`'s ``extra_log_lik``. Its observations are padded
+sequences of different lengths (:class:`RecognitionRNN` takes ``lengths``) at
+real times (:func:`union_of_event_times`).
 """
 
 from __future__ import annotations
@@ -34,7 +37,8 @@ from torch import nn
 import ndode
 
 __all__ = ["RecognitionRNN", "LatentDynamics", "Decoder", "LatentODE", "union_of_times",
-           "gaussian_log_likelihood", "kl_standard_normal", "latent_ode_elbo"]
+           "gaussian_log_likelihood", "kl_standard_normal", "latent_ode_elbo",
+           "RateNetwork", "PoissonLatentODE", "union_of_event_times", "poisson_log_likelihood"]
 
 
 class RecognitionRNN(nn.Module):
@@ -45,11 +49,26 @@ class RecognitionRNN(nn.Module):
         self.rnn = nn.RNN(obs_dim + 1, hidden, batch_first=True)
         self.out = nn.Linear(hidden, 2 * latent_dim)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # x [B, n, obs_dim], t [B, n]: read from the last observation to the first, so the final hidden
-        # state summarises the whole sequence as seen from t0, where z0 lives
-        inp = torch.cat([x, t[..., None]], dim=-1).flip(1)
-        _, h = self.rnn(inp)
+    def forward(self, x: torch.Tensor, t: torch.Tensor, lengths: torch.Tensor | None = None):
+        """``x`` ``[B, n, obs_dim]``, ``t`` ``[B, n]``; ``lengths`` ``[B]`` (optional): sequence ``b`` holds only its
+        first ``lengths[b]`` entries (the rest is padding, never read)."""
+        # read from the last observation to the first, so the final hidden state summarises the whole sequence
+        # as seen from t0, where z0 lives
+        inp = torch.cat([x, t[..., None]], dim=-1)
+        if lengths is None:
+            _, h = self.rnn(inp.flip(1))
+        else:
+            if lengths.shape != x.shape[:1] or not bool((lengths >= 1).all()) or int(lengths.max()) > x.shape[1]:
+                bad = [int(v) for v in lengths.flatten()[:8]]
+                raise ValueError(f"lengths (first entries {bad}) must hold one length in [1, {x.shape[1]}] per sequence "
+                                 f"of the batch of {x.shape[0]}: the recognition network needs at least one "
+                                 "observation per sequence")
+            # each sequence reversed within its own length, then packed: padding never enters the RNN
+            k = torch.arange(x.shape[1], device=x.device)
+            rev = (lengths[:, None].to(k) - 1 - k).clamp_(min=0)
+            inp = torch.gather(inp, 1, rev[..., None].expand_as(inp))
+            packed = nn.utils.rnn.pack_padded_sequence(inp, lengths.cpu(), batch_first=True, enforce_sorted=False)
+            _, h = self.rnn(packed)
         mean, logvar = self.out(h[-1]).chunk(2, dim=-1)
         return mean, logvar
 
@@ -115,8 +134,9 @@ class LatentODE(nn.Module):
         return ys
 
     # ----
-    def encode(self, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.encoder(x, t)
+    def encode(self, x: torch.Tensor, t: torch.Tensor, lengths: torch.Tensor | None = None):
+        """``q(z0)``'s mean and log-variance from observations ``x`` at times ``t`` (padded: ``lengths``)."""
+        return self.encoder(x, t, lengths)
 
     @staticmethod
     def sample_z0(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
@@ -177,3 +197,116 @@ def latent_ode_elbo(x: torch.Tensor, mask: torch.Tensor, x_pred: torch.Tensor, q
         log_lik = log_lik + extra_log_lik
     kl = kl_standard_normal(qz0_mean, qz0_logvar)
     return {"elbo": (log_lik - kl).mean(), "log_lik": log_lik.mean(), "kl": kl.mean()}
+
+
+# --------------------------------------------------------------------------- Poisson-process observation times (§5.1)
+
+
+class RateNetwork(nn.Module):
+    """``log λ(z)``: the log-rate of the observation process, one hidden layer (tanh) of the latent state."""
+
+    def __init__(self, latent_dim: int = 4, hidden: int = 20):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(latent_dim, hidden), nn.Tanh(), nn.Linear(hidden, 1))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z).squeeze(-1)
+
+
+class _WithIntensity(nn.Module):
+    """The augmented dynamics of ``(z, Λ)``: ``dz/dt = f(z)``, ``dΛ/dt = λ(z)`` (``Λ`` ``[B, 1]``)."""
+
+    def __init__(self, dynamics: nn.Module, log_rate: nn.Module):
+        super().__init__()
+        self.dynamics, self.log_rate = dynamics, log_rate
+
+    def forward(self, t, state):
+        z, _ = state
+        return self.dynamics(t, z), torch.exp(self.log_rate(z))[:, None]
+
+
+def union_of_event_times(times: torch.Tensor, mask: torch.Tensor, t0: float, t_end: float):
+    """The sorted union ``u`` of a batch's event times (plus ``t0`` and ``t_end``) and each event's index in it.
+
+    ``times`` ``[B, K]`` (real times, padded), ``mask`` ``[B, K]``: which are
+    events. Returns ``u`` ``[U]`` and ``pos`` ``[B, K]`` with ``u[pos] == times``
+    where ``mask`` (padding points at index 0). Events must lie in ``[t0, t_end]``.
+    """
+    ev = times[mask]
+    if len(ev) and (bool((ev < t0).any()) or bool((ev > t_end).any())):
+        raise ValueError(f"event times span [{float(ev.min())!r}, {float(ev.max())!r}], outside the solve's "
+                         f"[t0={t0!r}, t_end={t_end!r}]")
+    u = torch.unique(torch.cat([ev, ev.new_tensor([t0, t_end])]))  # sorted
+    pos = torch.where(mask, torch.searchsorted(u, times.contiguous()), 0)
+    return u, pos
+
+
+def poisson_log_likelihood(log_rate: torch.Tensor, mask: torch.Tensor, integral: torch.Tensor) -> torch.Tensor:
+    """The log-likelihood of an inhomogeneous Poisson process's events, per sequence ``[B]``.
+
+    ``Σ_i log λ(t_i) − ∫ λ dt``: ``log_rate`` ``[B, K]`` at the events (only
+    where ``mask``; padding may hold anything, even non-finite values), and the
+    integral of the rate over the observed interval ``[B]``. A sequence with
+    no events scores ``−∫ λ``: seeing none is evidence too.
+    """
+    if log_rate.shape != mask.shape or integral.shape != log_rate.shape[:1]:
+        raise ValueError(f"log_rate {tuple(log_rate.shape)}, mask {tuple(mask.shape)} and integral "
+                         f"{tuple(integral.shape)} must be [B, K], [B, K] and [B]")
+    return torch.where(mask, log_rate, log_rate.new_zeros(())).sum(-1) - integral
+
+
+class PoissonLatentODE(LatentODE):
+    """The latent ODE whose observation times are a Poisson process with rate ``λ(z(t))`` (paper §5.1).
+
+    The state is the tuple ``(z, Λ)`` with ``dΛ/dt = λ(z)``, ``Λ(t0) = 0``, so a
+    single solve (with ``adjoint=``, one adjoint solve of the tuple) gives the
+    latent path at the events and the rate's integral ``Λ(t_end)``: the
+    log-likelihood of the times is ``Σ log λ(z(t_i)) − Λ(t_end)``
+    (:func:`poisson_log_likelihood`). Rubanova et al.'s ``latent_ode`` code
+    (``ODEFunc_w_Poisson``) augments the latent state the same way.
+
+    ``poisson=False`` is the same recognition network, dynamics and decoder
+    without the rate: the comparison that shows what the term buys.
+    """
+
+    def __init__(self, obs_dim: int = 2, latent_dim: int = 4, rec_hidden: int = 25, ode_hidden: int = 20,
+                 dec_hidden: int = 20, rate_hidden: int = 20, poisson: bool = True):
+        super().__init__(obs_dim, latent_dim, rec_hidden, ode_hidden, dec_hidden)
+        self.poisson = poisson
+        if poisson:
+            self.log_rate = RateNetwork(latent_dim, rate_hidden)
+
+    @property
+    def ode_func(self) -> nn.Module:
+        # a fresh wrapper, not a registered submodule: the parameters stay under one name each in state_dict()
+        return _WithIntensity(self.dynamics, self.log_rate) if self.poisson else self.dynamics
+
+    def initial_state(self, z0: torch.Tensor):
+        return (z0, z0.new_zeros(z0.shape[0], 1)) if self.poisson else z0
+
+    def latent_path(self, ys):
+        return ys[0] if self.poisson else ys
+
+    def rate(self, z: torch.Tensor) -> torch.Tensor:
+        """The learned rate ``λ(z)`` (events per time unit)."""
+        if not self.poisson:
+            raise ValueError("this model was built with poisson=False: it has no rate")
+        return torch.exp(self.log_rate(z))
+
+    def solve_events(self, z0: torch.Tensor, times: torch.Tensor, mask: torch.Tensor, t_end: float, **solver) -> dict:
+        """One solve from ``t = 0`` through every event of the batch to ``t_end``.
+
+        Returns ``z`` ``[B, K, latent_dim]`` at each sequence's own events,
+        ``log_rate`` ``[B, K]`` there and ``Λ`` at the events ``[B, K]`` and at
+        ``t_end`` ``[B]`` (``None`` without the Poisson term), and the solver's
+        statistics.
+        """
+        u, pos = union_of_event_times(times, mask, 0.0, t_end)
+        sol = self.solve(z0, u, **solver)
+        rows = torch.arange(len(z0), device=z0.device)[:, None]
+        z = self.latent_path(sol.ys)[pos, rows]
+        out = {"z": z, "stats": sol.stats, "log_rate": None, "Lambda": None, "Lambda_end": None}
+        if self.poisson:
+            big_lambda = sol.ys[1][..., 0]  # [U, B]
+            out.update(log_rate=self.log_rate(z), Lambda=big_lambda[pos, rows], Lambda_end=big_lambda[-1])
+        return out
