@@ -182,14 +182,15 @@ def test_wrong_type_fails_while_composing(override, words):
         assert w in msg, (w, msg)
 
 
-@pytest.mark.parametrize("schema", ["ode_demo", "mnist", "cnf", "latent_ode"])
+@pytest.mark.parametrize("schema", ["ode_demo", "mnist", "cnf", "latent_ode", "latent_poisson"])
 def test_every_numeric_option_has_a_range(schema):
     """Every int/float option of an experiment's schema is declared with ``ranged`` (new experiments: add them)."""
     import dataclasses
     import typing
 
     cls = {"ode_demo": ode_demo.ODEDemoConfig, "mnist": mnist.MNISTConfig,
-           "cnf": load_experiment("cnf").CNFConfig, "latent_ode": load_experiment("latent_ode").LatentODEConfig}[schema]
+           "cnf": load_experiment("cnf").CNFConfig, "latent_ode": load_experiment("latent_ode").LatentODEConfig,
+           "latent_poisson": load_experiment("latent_ode").LatentPoissonConfig}[schema]
     missing = []
 
     def walk(c, path):
