@@ -14,7 +14,7 @@ DASH_STAMP := $(VENV)/.dashboard-stamp
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-ddp demo reproduce-mnist reproduce tables figures bench bench-quick sync dashboard
+.PHONY: help install test test-ddp demo reproduce-mnist reproduce-cnf reproduce-latent-ode reproduce-poisson reproduce tables figures bench bench-quick sync dashboard
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sed 's|$$(VENV)|$(VENV)|g; s|$$(JOBS)|$(JOBS)|g' \
@@ -52,6 +52,7 @@ JOBS ?= 2
 comma := ,
 # Table 2 reports mean ± std over seeds: at least two, unless SEEDS is given
 LATENT_SEEDS ?= $(if $(filter-out default file,$(origin SEEDS)),$(SEEDS),0$(comma)1)
+POISSON_SEEDS ?= $(if $(filter-out default file,$(origin SEEDS)),$(SEEDS),0$(comma)1$(comma)2)
 MNIST_RAW := data/MNIST/raw/t10k-labels-idx1-ubyte
 
 $(MNIST_RAW): | $(STAMP)
@@ -80,6 +81,12 @@ reproduce-latent-ode: $(STAMP) ## Latent ODE Table 2 + Figures 8, 9: latent_ode,
 	$(PY) experiments/latent_ode.py -m model=latent_ode,rnn,rnn_dt data.n_obs=30,50,100 budget=$(BUDGET) seed=$(LATENT_SEEDS) hydra/launcher=joblib hydra.launcher.n_jobs=$(JOBS)
 	$(PY) scripts/make_tables.py --experiment latent_ode --budget $(BUDGET)
 	$(PY) scripts/make_figures.py --experiment latent_ode --budget $(BUDGET)
+	$(MAKE) reproduce-poisson BUDGET=$(BUDGET)
+
+reproduce-poisson: $(STAMP) ## Latent ODE with Poisson-process observation times (Figure 7): Poisson term on and off x POISSON_SEEDS (default 0,1,2), then table and figure
+	$(PY) experiments/latent_ode.py --config-name latent_poisson -m model.poisson=true,false budget=$(BUDGET) seed=$(POISSON_SEEDS) hydra/launcher=joblib hydra.launcher.n_jobs=$(JOBS)
+	$(PY) scripts/make_tables.py --experiment latent_poisson --budget $(BUDGET)
+	$(PY) scripts/make_figures.py --experiment latent_poisson --budget $(BUDGET)
 
 demo: $(STAMP) ## learn a spiral ODE from noisy samples (cpu budget, ~1-2 min): results/figures/ode_demo.png, results/tables/ode_demo.md
 	$(PY) experiments/ode_demo.py budget=cpu seed=0
