@@ -8,6 +8,8 @@ cnf: results/figures/cnf_fig4.png, cnf_fig5.png, cnf_toy.png from the arrays and
 at the budget (default cpu), the lowest seed's arrays for the density panels.
 latent_ode: results/figures/latent_fig8.png and latent_fig9.png (the paper's Figures 8 and 9) from the
 arrays of the RNN and latent-ODE runs at n_obs = 30, seed 0.
+latent_poisson: results/figures/latent_fig7.png (the paper's Figure 7) from the Poisson-term-on run with the lowest
+seed at the budget.
 
     python scripts/make_figures.py
     python scripts/make_figures.py --experiment ode_demo --run "budget=cpu,seed=0"
@@ -24,7 +26,7 @@ import numpy as np
 from ndode.harness import read_jsonl
 from ndode.harness.config import auto_budget
 from ndode.report.figures import plot_ode_demo, save_figure
-from ndode.report.latent_ode import plot_fig8, plot_fig9
+from ndode.report.latent_ode import plot_fig7, plot_fig8, plot_fig9
 from ndode.report.mnist import plot_fig3
 
 
@@ -125,7 +127,33 @@ def cnf(runs: Path, out: Path, run: str | None, budget: str | None = None) -> li
     return paths
 
 
-FIGURES = {"ode_demo": ode_demo, "mnist": mnist, "cnf": cnf, "latent_ode": latent_ode}
+def latent_poisson(runs: Path, out: Path, run: str | None, budget: str | None = None) -> list[Path]:
+    """Figure 7 from the finished Poisson-term-on run at ``budget`` with the lowest seed (or ``--run``)."""
+    from ndode.harness import load_runs
+
+    if run:
+        run_dir = runs / "latent_poisson" / run
+    else:
+        df = load_runs(runs) if runs.is_dir() else None
+        if df is not None and not df.empty:
+            df = df[(df["experiment"] == "latent_poisson") & (df["budget.name"] == (budget or "cpu"))]
+            df = df[df["model.poisson"].astype(bool)] if "model.poisson" in df else df.iloc[:0]
+        if df is None or df.empty:
+            raise FileNotFoundError(f"no finished latent_poisson run with the Poisson term on at budget "
+                                    f"{budget or 'cpu'} under {runs} (run `make reproduce-poisson BUDGET=cpu` first)")
+        run_dir = Path(df.sort_values("seed").iloc[0]["run_dir"])
+    path = run_dir / "arrays" / "poisson.npz"
+    if not (run_dir / "done").exists() or not path.exists():
+        raise FileNotFoundError(f"no finished latent_poisson run with arrays at {run_dir} "
+                                "(run `make reproduce-poisson BUDGET=cpu` first)")
+    with np.load(path) as z:
+        a = dict(z)
+    return [save_figure(plot_fig7(a, title=f"Observation times as a Poisson process with a learned rate (the paper's "
+                                  f"Figure 7), {run_dir.name}; dashed line: end of the observation window"),
+                        out / "latent_fig7.png")]
+
+
+FIGURES = {"ode_demo": ode_demo, "mnist": mnist, "cnf": cnf, "latent_ode": latent_ode, "latent_poisson": latent_poisson}
 
 
 def main(argv=None) -> int:

@@ -254,13 +254,23 @@ def test_the_models_do_not_cross_configs(name, override, words, tmp_path):
                        run_dir=tmp_path / "run")
 
 
+@pytest.fixture(scope="module")
+def smoke_runs(tmp_path_factory):
+    """Smoke runs with the Poisson term on (seeds 0, 1) and off (seed 0), as `make reproduce-poisson` names them."""
+    root = tmp_path_factory.mktemp("runs")
+    runs = {}
+    for poisson, seed in ((True, 0), (True, 1), (False, 0)):
+        cfg = compose_config("latent_poisson", "budget=smoke", "quiet=true", f"model.poisson={poisson}",
+                             f"seed={seed}", f"run_root={root}")
+        assert cfg.solver.adjoint.name == "checkpoint"  # (z, Λ) in one adjoint solve
+        run_dir = root / "latent_poisson" / f"budget=smoke,model.poisson={poisson},seed={seed}"
+        runs[(poisson, seed)] = (run_experiment(cfg, latent.PoissonTask, run_dir=run_dir), run_dir)
+    return root, runs
+
+
 @pytest.mark.parametrize("poisson", [True, False])
-def test_smoke_run_end_to_end(poisson, tmp_path):
-    cfg = compose_config("latent_poisson", "budget=smoke", "quiet=true", f"model.poisson={poisson}",
-                         f"run_root={tmp_path}")
-    assert cfg.solver.adjoint.name == "checkpoint"  # (z, Λ) in one adjoint solve
-    run_dir = tmp_path / "run"
-    s = run_experiment(cfg, latent.PoissonTask, run_dir=run_dir)
+def test_smoke_run_end_to_end(poisson, smoke_runs):
+    s, run_dir = smoke_runs[1][(poisson, 0)]
     assert (run_dir / "done").exists() and s["poisson"] is poisson
     assert np.isfinite(s["test_rmse"]) and s["nfe_backward"] > 0
     train = [r for r in map(json.loads, open(run_dir / "metrics.jsonl")) if r["kind"] == "train"]
@@ -276,3 +286,35 @@ def test_smoke_run_end_to_end(poisson, tmp_path):
         assert 8.0 < s["homogeneous_rate"] < 40.0
     else:
         assert "test_event_ll" not in s and "rate" not in a
+
+
+def test_table_and_figure_7_from_the_records(smoke_runs, tmp_path):
+    from ndode.harness import load_runs
+    from ndode.report.latent_ode import plot_fig7, poisson_claims, poisson_markdown, poisson_table
+
+    root, runs = smoke_runs
+    table = poisson_table(load_runs(root))
+    assert table["poisson"].tolist() == [True, False] and table["n_seeds"].tolist() == [2, 1]
+    on = table.iloc[0]
+    lls = [runs[(True, s)][0]["test_event_ll"] for s in (0, 1)]
+    assert on["test_event_ll_mean"] == pytest.approx(np.mean(lls))
+    assert on["test_event_ll_std"] == pytest.approx(np.std(lls, ddof=1))
+    assert on["test_homogeneous_ll_std"] == pytest.approx(0.0, abs=1e-9)  # the baseline does not depend on the run
+    md = poisson_markdown(table)
+    assert "homogeneous Poisson" in md and f"{on['test_event_ll_mean']:.2f} ± {on['test_event_ll_std']:.2f}" in md
+    claims = poisson_claims(on.to_dict())
+    assert claims["window log-likelihood"] == bool(on["test_event_ll_mean"] > on["test_homogeneous_ll_mean"])
+    fig = plot_fig7(dict(np.load(runs[(True, 0)][1] / "arrays" / "poisson.npz")))
+    assert len(fig.axes) == 8
+    # the scripts: table, figure (found by the run's config, not its name), nothing else touched
+    import subprocess
+    import sys
+
+    from _experiments import REPO
+
+    for script in ("make_tables.py", "make_figures.py"):
+        out = tmp_path / script
+        subprocess.run([sys.executable, str(REPO / "scripts" / script), "--runs", str(root), "--out", str(out),
+                        "--experiment", "latent_poisson", "--budget", "smoke"], check=True, capture_output=True)
+    assert (tmp_path / "make_tables.py" / "tables" / "latent_poisson.md").exists()
+    assert (tmp_path / "make_figures.py" / "latent_fig7.png").exists()

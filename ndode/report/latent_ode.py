@@ -1,7 +1,9 @@
-"""The latent-ODE experiment's Table 2 and Figures 8 and 9, as pure functions of run records.
+"""The latent-ODE experiment's Table 2 and Figures 8 and 9, and the Poisson-process variant's table and
+Figure 7, as pure functions of run records.
 
 No training code is imported: the inputs are the collector's DataFrame
-(``load_runs``) and the arrays each run saves (``arrays/spirals.npz``).
+(``load_runs``) and the arrays each run saves (``arrays/spirals.npz``,
+``arrays/poisson.npz``).
 """
 
 from __future__ import annotations
@@ -12,7 +14,10 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-__all__ = ["PAPER_TABLE2", "MODEL_ORDER", "N_OBS", "table2", "table2_markdown", "plot_fig8", "plot_fig9"]
+from .tables import seed_table
+
+__all__ = ["PAPER_TABLE2", "MODEL_ORDER", "N_OBS", "table2", "table2_markdown", "plot_fig8", "plot_fig9",
+           "POISSON_METRICS", "poisson_table", "poisson_markdown", "plot_fig7"]
 
 MODEL_ORDER = ("rnn", "rnn_dt", "latent_ode")
 MODEL_LABELS = {"rnn": "RNN", "rnn_dt": "RNN + time gaps", "latent_ode": "Latent ODE"}
@@ -189,5 +194,143 @@ def plot_fig9(latent: dict, title: str | None = None) -> Figure:
            title="How well each z₀ dimension separates\nthe directions (validation spirals)")
     ax.set_xticks(np.arange(len(sep)))
     fig.suptitle(title or "Varying one dimension of the latent initial state (the paper's Figure 9)", fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+# --------------------------------------------------------------------------- Poisson-process observation times (§5.1)
+
+# per run; the homogeneous and true-rate columns depend on the data only (the same in every run)
+POISSON_METRICS = ("test_event_ll", "test_homogeneous_ll", "test_true_ll", "test_event_ll_future",
+                   "test_homogeneous_ll_future", "test_true_ll_future", "test_rate_rel_l2",
+                   "test_homogeneous_rate_rel_l2", "test_rate_rel_l2_future", "test_homogeneous_rate_rel_l2_future",
+                   "test_rmse", "val_rmse", "val_event_ll", "homogeneous_rate", "wall_time_s")
+
+
+def poisson_table(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per (budget, Poisson term on/off): mean and sample std over seeds of :data:`POISSON_METRICS`."""
+    need = ["budget.name", "model.poisson", "seed", "test_rmse"]
+    missing = [c for c in need if c not in df.columns]
+    if missing:
+        raise KeyError(f"latent_poisson runs lack columns {missing}; are these records of "
+                       "experiments/latent_ode.py --config-name latent_poisson?")
+    df = df.assign(**{m: df[m] if m in df.columns else math.nan for m in POISSON_METRICS})
+    df = df.assign(poisson=df["model.poisson"].astype(bool), budget=df["budget.name"])
+    out = seed_table(df, ["budget", "poisson"], POISSON_METRICS)
+    return out.sort_values(["budget", "poisson"], ascending=[True, False], kind="stable").reset_index(drop=True)
+
+
+def poisson_claims(row) -> dict[str, bool | None]:
+    """Does the learned rate beat the homogeneous baseline (log-likelihood on the test events, in the window and
+    after it; the rate's relative L2 error)? ``row``: the Poisson-term-on row of :func:`poisson_table`."""
+    def beats(a, b, higher=True):
+        a, b = row[a], row[b]
+        return None if a != a or b != b else bool(a > b if higher else a < b)
+
+    return {"window log-likelihood": beats("test_event_ll_mean", "test_homogeneous_ll_mean"),
+            "forecast log-likelihood": beats("test_event_ll_future_mean", "test_homogeneous_ll_future_mean"),
+            "rate error": beats("test_rate_rel_l2_mean", "test_homogeneous_rate_rel_l2_mean", higher=False)}
+
+
+def _pm(r, key, fmt=".2f") -> str:
+    m, s = r.get(f"{key}_mean", math.nan), r.get(f"{key}_std", math.nan)
+    if m != m:
+        return "–"
+    return format(m, fmt) + (f" ± {format(s, fmt)}" if s == s else "")
+
+
+def _fixed(r, key, fmt=".2f") -> str:
+    m = r.get(f"{key}_mean", math.nan)
+    return "–" if m != m else format(m, fmt)
+
+
+def poisson_markdown(table: pd.DataFrame, rate: str | None = None, window: str | None = None) -> str:
+    """The Poisson-process table per budget: the learned rate against a homogeneous Poisson process fitted to the
+    training events and against the true rate; then the predictive RMSE with the Poisson term on and off."""
+    parts = []
+    for budget, t in table.groupby("budget", sort=False):
+        on, off = t[t["poisson"]], t[~t["poisson"]]
+        r = on.iloc[0].to_dict() if len(on) else {}
+        n = int(r.get("n_seeds", 0))
+        head = (f"**Poisson term on: the learned rate λ(z(t)) on the test sequences; mean ± std over {n} seeds; "
+                f"budget `{budget}`.** The homogeneous baseline is one rate for every sequence and time, the maximum-"
+                f"likelihood fit to the training events ({_fixed(r, 'homogeneous_rate')} per time unit); the true "
+                "rate is the one the times were drawn from. Neither depends on the run, so they carry no spread.")
+        if rate:
+            head += f" True rate: {rate}."
+        lines = [head, "",
+                 "| test sequences | learned rate | homogeneous Poisson | true rate |", "| --- | ---: | ---: | ---: |"]
+        if r:
+            lines += [
+                "| log-likelihood of the event times in the observation window, nats per sequence "
+                "(the encoder reads them) | " + " | ".join(
+                    [_pm(r, "test_event_ll"), _fixed(r, "test_homogeneous_ll"), _fixed(r, "test_true_ll")]) + " |",
+                "| log-likelihood of the later events, nats per sequence (a forecast: the encoder never sees them) | "
+                + " | ".join([_pm(r, "test_event_ll_future"), _fixed(r, "test_homogeneous_ll_future"),
+                              _fixed(r, "test_true_ll_future")]) + " |",
+                "| relative L2 error of the rate, observation window | " + " | ".join(
+                    [_pm(r, "test_rate_rel_l2", ".3f"), _fixed(r, "test_homogeneous_rate_rel_l2", ".3f"), "0"]) + " |",
+                "| relative L2 error of the rate, after the window | " + " | ".join(
+                    [_pm(r, "test_rate_rel_l2_future", ".3f"), _fixed(r, "test_homogeneous_rate_rel_l2_future", ".3f"),
+                     "0"]) + " |"]
+        parts.append("\n".join(lines))
+        rows = [("on", on), ("off", off)]
+        lines = [f"**Predictive RMSE over the {window or 'extrapolation'} points after the observation window, against "
+                 f"the noise-free spirals (as Table 2); mean ± std over seeds; budget `{budget}`.** Same data, "
+                 "recognition network, dynamics and decoder; only the Poisson term differs.", "",
+                 "| Poisson term | test RMSE | validation RMSE | seeds |", "| --- | ---: | ---: | ---: |"]
+        for label, g in rows:
+            if len(g):
+                q = g.iloc[0].to_dict()
+                lines.append(f"| {label} | {_pm(q, 'test_rmse', '.4f')} | {_pm(q, 'val_rmse', '.4f')} | "
+                             f"{int(q['n_seeds'])} |")
+        parts.append("\n".join(lines))
+        if r:
+            said = "; ".join(f"{k}: {'yes' if v else 'no' if v is not None else 'not measured'}"
+                             for k, v in poisson_claims(r).items())
+            parts.append(f"The learned rate beats the homogeneous baseline (means over seeds) — {said}.")
+    return "\n\n".join(parts) + "\n"
+
+
+def plot_fig7(a: dict, title: str | None = None) -> Figure:
+    """Figure 7: for a few test sequences, the event times, the learned rate λ(z(t)) and the true rate (top);
+    the spiral, its observations and the model's reconstruction and extrapolation (bottom)."""
+    n = len(a["times"])
+    t, tw = a["t"], float(a["t_window"])
+    w = int(np.searchsorted(t, tw, side="right"))
+    fig = Figure(figsize=(3.4 * n, 6.6))
+    axes = fig.subplots(2, n, squeeze=False, gridspec_kw={"height_ratios": [1, 1.25]})
+    for i in range(n):
+        ax = axes[0, i]
+        ev = a["times"][i, : int(a["lengths"][i])]
+        fut = a["future_times"][i, : int(a["future_lengths"][i])]
+        ax.plot(t, a["true_rate"][i], "-", color=TRUE, lw=2.5, alpha=0.7, label="true rate")
+        if "rate" in a:
+            ax.plot(t, a["rate"][i], "-", color=FIT, lw=1.4, label="learned λ(z(t))")
+        ax.axhline(float(a["homogeneous_rate"]), color=EXTRAP, ls=":", lw=1.2, label="homogeneous fit")
+        top = max(float(np.max(a["true_rate"][i])), float(np.max(a["rate"][i])) if "rate" in a else 0.0)
+        ax.plot(ev, np.full(len(ev), -0.04 * top), "|", color=OBS, ms=8, label="observed events")
+        ax.plot(fut, np.full(len(fut), -0.04 * top), "|", color=TRUE, ms=8, alpha=0.6, label="later events (held out)")
+        ax.axvline(tw, color=TRUE, ls="--", lw=0.8)
+        direction = "clockwise" if a["clockwise"][i] else "counter-clockwise"
+        ax.set_title(f"test sequence {i + 1} ({direction})\n{len(ev)} observed, {len(fut)} later events", fontsize=9)
+        ax.set_xlabel("t", fontsize=8)
+        ax.tick_params(labelsize=7)
+        if i == 0:
+            ax.set_ylabel("rate (events per unit time)", fontsize=9)
+            fig.legend(*ax.get_legend_handles_labels(), loc="upper center", ncol=5, fontsize=8,
+                       bbox_to_anchor=(0.5, 0.0))
+        ax = axes[1, i]
+        clean, pred, obs = a["clean"][i], a["x_pred"][i], a["obs_x"][i, : int(a["lengths"][i])]
+        ax.plot(clean[:, 0], clean[:, 1], "-", color=TRUE, lw=2.5, alpha=0.6)
+        ax.plot(pred[:w, 0], pred[:w, 1], "-", color=FIT, lw=1.3, label="reconstruction")
+        ax.plot(pred[w - 1:, 0], pred[w - 1:, 1], "-", color=EXTRAP, lw=1.3, label="extrapolation")
+        ax.plot(obs[:, 0], obs[:, 1], ".", color=OBS, ms=3)
+        ax.set_aspect("equal", adjustable="datalim")
+        ax.tick_params(labelsize=7)
+        if i == 0:
+            ax.legend(fontsize=7, loc="best")
+    fig.suptitle(title or "Observation times as a Poisson process with a learned rate (the paper's Figure 7); "
+                 "dashed line: end of the observation window", fontsize=11)
     fig.tight_layout()
     return fig
