@@ -26,7 +26,7 @@ from ndode.data.spirals import make_spirals
 from ndode.models.latent_ode import LatentODE, latent_ode_elbo
 
 from . import peers as P
-from .timing import CallCounter, interleaved, variant_value
+from .timing import CallCounter, gradients_then_times, variant_value
 
 NAME = "latent_ode_step"
 SIZES = {
@@ -82,12 +82,7 @@ def run(sizes: dict, peers=P.PEERS) -> pd.DataFrame:
         nfe[(lib, mode)] = count()
 
     variants = _variants(peers)
-    grads = {}
-    for v in variants:
-        step(*v)
-        grads[v] = torch.cat([p.grad.reshape(-1) for p in model.parameters()])
-    tm = interleaved({f"{lib} {mode}": (lambda v=(lib, mode): step(*v)) for lib, mode in variants},
-                     reps=sizes["reps"], warmup=sizes["warmup"], target_s=None)
+    grads, tm = gradients_then_times(step, variants, list(model.parameters()), sizes)
     ref = grads.get(("torchdiffeq", "adjoint"))
     rows = []
     for lib, mode in variants:

@@ -31,7 +31,7 @@ from ndode.data.spiral_events import make_spiral_events
 from ndode.models.latent_ode import PoissonLatentODE, latent_ode_elbo, poisson_log_likelihood, union_of_event_times
 
 from . import peers as P
-from .timing import CallCounter, interleaved, variant_value
+from .timing import CallCounter, gradients_then_times, variant_value
 
 NAME = "poisson_step"
 SIZES = {
@@ -88,12 +88,7 @@ def run(sizes: dict, peers=P.PEERS) -> pd.DataFrame:
         nfe[(lib, mode)] = count()
 
     variants = _variants(peers)
-    grads = {}
-    for v in variants:
-        step(*v)
-        grads[v] = torch.cat([p.grad.reshape(-1) for p in model.parameters()])
-    tm = interleaved({f"{lib} {mode}": (lambda v=(lib, mode): step(*v)) for lib, mode in variants},
-                     reps=sizes["reps"], warmup=sizes["warmup"], target_s=None)
+    grads, tm = gradients_then_times(step, variants, list(model.parameters()), sizes)
     ref = grads[("ndode", "direct")]
     out = []
     for lib, mode in variants:

@@ -178,6 +178,19 @@ def machine_info() -> dict:
     }
 
 
+def gradients_then_times(step, variants, params, sizes: dict) -> tuple[dict, dict]:
+    """Run ``step(lib, mode)`` once per variant, keeping the flattened gradient of ``params`` after each; then time
+    every variant side by side (:func:`interleaved`, one call per sample). Returns ``(grads, timings)``, keyed by
+    the variant and by ``"lib mode"``."""
+    grads = {}
+    for v in variants:
+        step(*v)
+        grads[v] = torch.cat([p.grad.reshape(-1) for p in params])
+    tm = interleaved({f"{lib} {mode}": (lambda v=(lib, mode): step(*v)) for lib, mode in variants},
+                     reps=sizes["reps"], warmup=sizes["warmup"], target_s=None)
+    return grads, tm
+
+
 def variant_value(df, variant: str, col: str) -> float:
     """Column ``col`` of the row whose ``variant`` is ``variant`` in a benchmark's results (NaN if absent)."""
     r = df.loc[df.variant == variant, col]
