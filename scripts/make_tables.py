@@ -105,7 +105,7 @@ def latent_poisson(part, out: Path) -> list[Path]:
         rate = f"λ(x) = {lo} + ({hi} − {lo}) · σ(x₂ / {sc}) events per time unit, x₂ the spiral's second coordinate"
     paths = [out / "tables" / "latent_poisson.md", out / "tables" / "latent_poisson.csv"]
     atomic_write_text(paths[0], "# Latent ODE with Poisson-process observation times (paper §5.1, Figure 7), "
-                      "measured\n\n" + poisson_markdown(table, rate=rate, window=one("data.n_extrap", "d")))
+                      "measured\n\n" + poisson_markdown(table, rate=rate, window=one("data.n_extrap", "g")))
     atomic_write_text(paths[1], table.to_csv(index=False))
     keep = [c for c in part.columns if not c.startswith("logger.") and c not in ("run_root", "quiet", "run_dir")]
     paths.append(out / "summary" / "latent_poisson.csv")
