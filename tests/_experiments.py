@@ -1,4 +1,5 @@
-"""What the experiment tests share: an entry point loaded as a module, and a config composed as Hydra would."""
+"""What the experiment tests share: an entry point or a script loaded as a module, and a config composed as Hydra
+would."""
 
 from __future__ import annotations
 
@@ -18,6 +19,14 @@ def load_experiment(name: str):
         sys.modules[mod_name] = mod
         spec.loader.exec_module(mod)
     return sys.modules[mod_name]
+
+
+def load_script(name: str):
+    """``scripts/<name>.py`` as a module (its ``main(argv)`` runs in this process: no interpreter start-up)."""
+    spec = importlib.util.spec_from_file_location(f"_ndode_script_{name}", REPO / "scripts" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
 def compose_config(name: str, *overrides: str):

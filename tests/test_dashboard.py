@@ -3,7 +3,6 @@ and `make dashboard` without a key. W&B runs offline here; nothing reaches the n
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import struct
@@ -18,6 +17,8 @@ import pytest
 pytest.importorskip("hydra")
 wandb = pytest.importorskip("wandb")
 
+from _experiments import load_script  # noqa: E402
+
 from ndode.harness import run_experiment  # noqa: E402
 from ndode.harness.wandb_mirror import MAX_TABLE_ROWS, array_tables  # noqa: E402
 from ndode.report.dashboard import collect_runs, format_outline, outline, summary_run_id  # noqa: E402
@@ -25,13 +26,6 @@ from ndode.report.registry import REGISTRY, Experiment, Section, View  # noqa: E
 from ndode.report.tables import TABLES  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _script(name: str):
-    spec = importlib.util.spec_from_file_location(f"_ndode_script_{name}", REPO / "scripts" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 # ---- reading an offline W&B run: its .wandb log (LevelDB log format of protobuf records) and files/
@@ -126,7 +120,7 @@ def test_demo_smoke_run_logs_its_figure_and_arrays_and_make_tables_writes_a_summ
         assert len(field) == 21 * 21 and field.iloc[22, 2] == pytest.approx(float(z["learned_field"][1, 1, 0]))
 
     results = tmp_path / "results"
-    make_tables = _script("make_tables")
+    make_tables = load_script("make_tables")
     for _ in range(2):  # the second make tables replaces the first summary run, it does not add one
         assert make_tables.main(["--runs", str(tmp_path / "runs"), "--out", str(results)]) == 0
     assert "W&B summary run summary-ode_demo-smoke" in capsys.readouterr().out
@@ -159,9 +153,9 @@ def test_mnist_smoke_run_logs_its_sweep_and_the_summary_run_holds_table1(tmp_pat
     assert len(sweep) == len(pd.read_csv(runs / "mnist" / "budget=smoke,model=odenet,seed=0" / "arrays" / "fig3_sweep.csv"))
     assert {"eval/test_error", "train/nfe_forward", "train/nfe_backward"} <= ode["history_keys"]
 
-    assert _script("make_figures").main(["--runs", str(runs), "--out", str(results / "figures"), "--experiment",
+    assert load_script("make_figures").main(["--runs", str(runs), "--out", str(results / "figures"), "--experiment",
                                          "mnist", "--budget", "smoke"]) == 0
-    assert _script("make_tables").main(["--runs", str(runs), "--out", str(results), "--budget", "smoke"]) == 0
+    assert load_script("make_tables").main(["--runs", str(runs), "--out", str(results), "--budget", "smoke"]) == 0
     summary = _offline_run(runs / "mnist" / "_summary" / "budget=smoke" / "wandb")
     assert summary["job_type"] == "summary" and "budget=smoke" in summary["tags"]
     t1 = _table(summary, "tables/mnist_table1")
@@ -173,13 +167,13 @@ def test_mnist_smoke_run_logs_its_sweep_and_the_summary_run_holds_table1(tmp_pat
 def test_disabled_wandb_writes_nothing(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "disabled")
     _demo_run(tmp_path / "runs")
-    assert _script("make_tables").main(["--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "results")]) == 0
+    assert load_script("make_tables").main(["--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "results")]) == 0
     assert not list((tmp_path / "runs").rglob("wandb")) and not list((tmp_path / "runs").rglob("_summary"))
 
 
 def test_logger_none_writes_nothing_even_offline(tmp_path, offline):
     _demo_run(tmp_path / "runs", "logger=none")
-    assert _script("make_tables").main(["--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "results")]) == 0
+    assert load_script("make_tables").main(["--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "results")]) == 0
     assert not list((tmp_path / "runs").rglob("wandb")) and not list((tmp_path / "runs").rglob("_summary"))
 
 
@@ -234,7 +228,7 @@ def test_outline_of_an_unknown_experiment_fails_and_a_new_entry_needs_no_dashboa
 def test_every_experiment_with_a_table_or_figure_has_a_dashboard_section():
     """A new experiment in make_tables (TABLES, CUSTOM) or make_figures (FIGURES) needs an entry in
     ndode/report/registry.py: one Experiment with its table and figure files and its sections."""
-    with_output = set(TABLES) | set(_script("make_tables").CUSTOM) | set(_script("make_figures").FIGURES)
+    with_output = set(TABLES) | set(load_script("make_tables").CUSTOM) | set(load_script("make_figures").FIGURES)
     missing = sorted(name for name in with_output if name not in REGISTRY or not REGISTRY[name].sections)
     assert not missing, f"experiments with tables or figures but no dashboard section: {missing} (docs/dashboard.md)"
     for exp in REGISTRY.values():  # the files an entry names are the ones make tables / make figures write

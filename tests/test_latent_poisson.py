@@ -235,7 +235,8 @@ def _no_wandb(monkeypatch):
 ])
 def test_bad_rate_options_are_named_and_leave_nothing_behind(override, words, tmp_path):
     extra = ["data.rate_min=0.01"] if override == "data.rate_max=0.01" else []
-    cfg = compose_config("latent_poisson", override, *extra, "budget=smoke", "quiet=true", f"run_root={tmp_path}")
+    cfg = compose_config("latent_poisson", override, *extra, "budget=smoke", "quiet=true", f"run_root={tmp_path}",
+                         *SMALL)
     with pytest.raises(ConfigError) as err:
         run_experiment(cfg, latent.PoissonTask, run_dir=tmp_path / "run")
     for w in words:
@@ -254,6 +255,9 @@ def test_the_models_do_not_cross_configs(name, override, words, tmp_path):
                        run_dir=tmp_path / "run")
 
 
+SMALL = ("data.n_train=64", "data.n_val=16", "data.n_test=16")  # the smoke budget reads no more than these
+
+
 @pytest.fixture(scope="module")
 def smoke_runs(tmp_path_factory):
     """Smoke runs with the Poisson term on (seeds 0, 1) and off (seed 0), as `make reproduce-poisson` names them."""
@@ -261,7 +265,7 @@ def smoke_runs(tmp_path_factory):
     runs = {}
     for poisson, seed in ((True, 0), (True, 1), (False, 0)):
         cfg = compose_config("latent_poisson", "budget=smoke", "quiet=true", f"model.poisson={poisson}",
-                             f"seed={seed}", f"run_root={root}")
+                             f"seed={seed}", f"run_root={root}", *SMALL)
         assert cfg.solver.adjoint.name == "checkpoint"  # (z, Λ) in one adjoint solve
         run_dir = root / "latent_poisson" / f"budget=smoke,model.poisson={poisson},seed={seed}"
         runs[(poisson, seed)] = (run_experiment(cfg, latent.PoissonTask, run_dir=run_dir), run_dir)
@@ -306,15 +310,11 @@ def test_table_and_figure_7_from_the_records(smoke_runs, tmp_path):
     assert claims["window log-likelihood"] == bool(on["test_event_ll_mean"] > on["test_homogeneous_ll_mean"])
     fig = plot_fig7(dict(np.load(runs[(True, 0)][1] / "arrays" / "poisson.npz")))
     assert len(fig.axes) == 8
-    # the scripts: table, figure (found by the run's config, not its name), nothing else touched
-    import subprocess
-    import sys
+    # the scripts: table, figure (found by the run's config, not its name)
+    from _experiments import load_script
 
-    from _experiments import REPO
-
-    for script in ("make_tables.py", "make_figures.py"):
-        out = tmp_path / script
-        subprocess.run([sys.executable, str(REPO / "scripts" / script), "--runs", str(root), "--out", str(out),
-                        "--experiment", "latent_poisson", "--budget", "smoke"], check=True, capture_output=True)
-    assert (tmp_path / "make_tables.py" / "tables" / "latent_poisson.md").exists()
-    assert (tmp_path / "make_figures.py" / "latent_fig7.png").exists()
+    for script in ("make_tables", "make_figures"):
+        assert load_script(script).main(["--runs", str(root), "--out", str(tmp_path / script), "--experiment",
+                                         "latent_poisson", "--budget", "smoke"]) == 0
+    assert (tmp_path / "make_tables" / "tables" / "latent_poisson.md").exists()
+    assert (tmp_path / "make_figures" / "latent_fig7.png").exists()
