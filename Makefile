@@ -111,4 +111,4 @@ DASHBOARD_ARGS ?=
 dashboard: $(DASH_STAMP) ## W&B report of every paper table and figure, cpu runs unless BUDGET= (needs a W&B key; DASHBOARD_ARGS=--dry-run: outline)
 	$(PY) scripts/wandb_dashboard.py --budget $(if $(filter file,$(origin BUDGET)),cpu,$(BUDGET)) $(DASHBOARD_ARGS)
 
-reproduce: reproduce-mnist reproduce-cnf reproduce-latent-ode ## every experiment reproduced so far (MNIST, CNF, latent ODE)
+reproduce: reproduce-mnist reproduce-cnf reproduce-latent-ode ## every experiment reproduced so far (MNIST, CNF, latent ODE and its Poisson-process variant)

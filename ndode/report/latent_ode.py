@@ -309,8 +309,8 @@ def plot_fig7(a: dict, title: str | None = None) -> Figure:
             ax.plot(t, a["rate"][i], "-", color=FIT, lw=1.4, label="learned λ(z(t))")
         ax.axhline(float(a["homogeneous_rate"]), color=EXTRAP, ls=":", lw=1.2, label="homogeneous fit")
         top = max(float(np.max(a["true_rate"][i])), float(np.max(a["rate"][i])) if "rate" in a else 0.0)
-        ax.plot(ev, np.full(len(ev), -0.04 * top), "|", color=OBS, ms=8, label="observed events")
-        ax.plot(fut, np.full(len(fut), -0.04 * top), "|", color=TRUE, ms=8, alpha=0.6, label="later events (held out)")
+        ax.plot(ev, np.full(len(ev), -0.04 * top), "o", color=OBS, ms=2.5, label="observed events")
+        ax.plot(fut, np.full(len(fut), -0.04 * top), "o", color=TRUE, ms=2.5, alpha=0.7, label="later events (held out)")
         ax.axvline(tw, color=TRUE, ls="--", lw=0.8)
         direction = "clockwise" if a["clockwise"][i] else "counter-clockwise"
         ax.set_title(f"test sequence {i + 1} ({direction})\n{len(ev)} observed, {len(fut)} later events", fontsize=9)
