@@ -57,9 +57,9 @@ def solve(
             # a fixed grid: differentiate the discrete map itself, t included (each interval in rescaled time)
             return plan.solution(torch.stack(_traced_grid(plan, y0p, t)))
         # the time gradients are the exact boundary terms (as the adjoint's): the solve's operations never see t
-        ys = plan.run(_TimeIn.apply(plan, t, y0p))
+        ys = plan.run(_TimeGrad.apply(plan, t, y0p, True))
         ys[0] = y0p  # y(t_0) = y0 whatever t_0 is: its gradient goes to y0 only
-        return plan.solution(_TimeOut.apply(plan, t, torch.stack(ys)))
+        return plan.solution(_TimeGrad.apply(plan, t, torch.stack(ys), False))
     return plan.solution(torch.stack(plan.run(y0p)))
 
 
@@ -88,45 +88,30 @@ def _f_at(plan, i, y):
         return p.wrap(plan.func)(torch.scalar_tensor(plan.times[i], dtype=p.dtype, device=p.device), y).to(p.dtype)
 
 
-class _TimeIn(torch.autograd.Function):
-    """Identity on the packed y0 on its way into the solve. Backward: ``a``, the gradient reaching y0 through the
-    solve (not through the output ``y(t_0) = y0``), gives ``∂L/∂t_0 = -aᵀ f(t_0, y_0)``."""
+class _TimeGrad(torch.autograd.Function):
+    """Identity on ``y``: the packed y0 on its way into the solve (``into``), or the stacked outputs on their way
+    out. Backward, the Appendix B.2 boundary terms of the time gradient: into the solve, ``a`` (the gradient
+    reaching y0 through the solve, not through the output ``y(t_0) = y0``) gives ``∂L/∂t_0 = -aᵀ f(t_0, y_0)``;
+    out of it, ``∂L/∂t_i = g_iᵀ f(t_i, y_i)`` for ``i ≥ 1`` (``g_i``: the gradient reaching ``y(t_i)``)."""
 
     @staticmethod
-    def forward(ctx, plan, t, y0):
-        ctx.plan, ctx.t_meta = plan, (t.shape, t.dtype, t.device)
-        ctx.save_for_backward(y0)
-        return y0.view_as(y0)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, a):
-        (y0,) = ctx.saved_tensors
-        shape, dtype, device = ctx.t_meta
-        grad_t = torch.zeros(shape, dtype=dtype, device=device)
-        grad_t[0] = -torch.sum(a * _f_at(ctx.plan, 0, y0)).to(dtype)
-        return None, grad_t, a
-
-
-class _TimeOut(torch.autograd.Function):
-    """Identity on the stacked outputs. Backward: ``∂L/∂t_i = g_iᵀ f(t_i, y_i)`` for ``i ≥ 1`` (``g_i``: the
-    gradient reaching ``y(t_i)``), the Appendix B.2 boundary terms."""
-
-    @staticmethod
-    def forward(ctx, plan, t, ys):
-        ctx.plan, ctx.t_meta = plan, (t.shape, t.dtype, t.device)
-        ctx.save_for_backward(ys)
-        return ys.view_as(ys)
+    def forward(ctx, plan, t, y, into: bool):
+        ctx.plan, ctx.into, ctx.t_meta = plan, into, (t.shape, t.dtype, t.device)
+        ctx.save_for_backward(y)
+        return y.view_as(y)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, g):
-        (ys,) = ctx.saved_tensors
+        (y,) = ctx.saved_tensors
         shape, dtype, device = ctx.t_meta
         grad_t = torch.zeros(shape, dtype=dtype, device=device)
-        for i in range(1, len(ctx.plan.times)):
-            grad_t[i] = torch.sum(g[i] * _f_at(ctx.plan, i, ys[i])).to(dtype)
-        return None, grad_t, g
+        if ctx.into:
+            grad_t[0] = -torch.sum(g * _f_at(ctx.plan, 0, y)).to(dtype)
+        else:
+            for i in range(1, len(ctx.plan.times)):
+                grad_t[i] = torch.sum(g[i] * _f_at(ctx.plan, i, y[i])).to(dtype)
+        return None, grad_t, g, None
 
 
 def odeint(func, y0, t, rtol=1e-7, atol=1e-9, method="dopri5", options=None, *, event_fn=None):

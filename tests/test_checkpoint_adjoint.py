@@ -6,22 +6,7 @@ import torch
 import ndode
 from ndode.memory import saved_tensor_bytes
 
-D = torch.float64
-
-
-class MLPField(torch.nn.Module):
-    """f(t, y) = W2 tanh(W1 [y, t] + b1): non-autonomous, so time enters every stage."""
-
-    def __init__(self, dim=2, hidden=8, seed=0):
-        super().__init__()
-        g = torch.Generator().manual_seed(seed)
-        self.w1 = torch.nn.Parameter(torch.randn(hidden, dim + 1, generator=g, dtype=D) / 2)
-        self.b1 = torch.nn.Parameter(torch.randn(hidden, generator=g, dtype=D) / 2)
-        self.w2 = torch.nn.Parameter(torch.randn(dim, hidden, generator=g, dtype=D) / 2)
-
-    def forward(self, t, y):
-        ty = torch.cat([y, t.expand(*y.shape[:-1], 1)], dim=-1)
-        return torch.tanh(ty @ self.w1.T + self.b1) @ self.w2.T
+from _fields import D, MLPField, functional_field
 
 
 def _grads(m, y0, t, w, adjoint, **kw):
@@ -103,14 +88,6 @@ def test_tuple_state_matches_direct_backprop(cap):
 
     for a, b in zip(grads(ndode.CheckpointAdjoint(max_stored_steps=cap)), grads(None)):
         assert torch.allclose(a, b, rtol=1e-10, atol=1e-12), (a - b).abs().max()
-
-
-def functional_field(w1, b1, w2):
-    def f(t, y):
-        ty = torch.cat([y, t.expand(*y.shape[:-1], 1)], dim=-1)
-        return torch.tanh(ty @ w1.T + b1) @ w2.T
-
-    return f
 
 
 @pytest.mark.parametrize("method, options", [("dopri5", None), ("rk4", {"step_size": 0.02})])
