@@ -12,6 +12,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from .tables import mean_std_cell
+
 __all__ = ["TARGETS_SHOWN", "fig4_table", "fig5_table", "toy_table", "claims", "fig4_markdown", "fig5_markdown",
            "toy_markdown", "plot_fig4", "plot_fig5", "plot_toy"]
 
@@ -87,12 +89,6 @@ def claims(fig4: pd.DataFrame, fig5: pd.DataFrame, size: int = 32) -> pd.DataFra
     return pd.DataFrame(rows, columns=["claim", "planar", "cnf", "holds"])
 
 
-def _cell(mean, std, fmt=".3f") -> str:
-    if mean != mean:
-        return "–"
-    return f"{mean:{fmt}}" + (f" ± {std:{fmt}}" if std == std else "")
-
-
 def _claims_md(c: pd.DataFrame) -> str:
     lines = ["| claim | planar | CNF | holds |", "| --- | ---: | ---: | --- |"]
     lines += [f"| {r.claim} | {r.planar:.3f} | {r.cnf:.3f} | {'yes' if r.holds else '**no**'} |"
@@ -112,7 +108,7 @@ def fig4_markdown(t: pd.DataFrame, c: pd.DataFrame, budget: str, kl_samples, ste
         for model in ("planar", "cnf"):
             for k in sizes:
                 r = g[(g["model"] == model) & (g["size"] == k)]
-                cells.append(_cell(r["kl_mean"].iloc[0], r["kl_std"].iloc[0]) if len(r) else "–")
+                cells.append(mean_std_cell(r["kl_mean"].iloc[0], r["kl_std"].iloc[0], ".3f") if len(r) else "–")
         lines.append("| " + " | ".join(cells) + " |")
     note = (f"\nKL is estimated up to the target's unknown log-normaliser, E_q[log q(x) + U(x)], from {kl_samples} "
             f"samples of q per run (lower is better; the same offset log Z for every model on a target). "
@@ -130,7 +126,7 @@ def fig5_markdown(t: pd.DataFrame, c: pd.DataFrame, budget: str, test_size, step
         cells = [DATA_LABELS.get(ds, ds)]
         for model in ("planar", "cnf"):
             r = g[g["model"] == model]
-            cells.append(_cell(r["nll_mean"].iloc[0], r["nll_std"].iloc[0]) if len(r) else "–")
+            cells.append(mean_std_cell(r["nll_mean"].iloc[0], r["nll_std"].iloc[0], ".3f") if len(r) else "–")
         lines.append("| " + " | ".join(cells) + " |")
     note = (f"\nNLL on a fixed held-out sample of {test_size} points (the same for every run), exact trace for the "
             f"CNF. Training iterations: {', '.join(f'{k} {v}' for k, v in steps.items())}.\n\n")
@@ -144,8 +140,8 @@ def toy_markdown(t: pd.DataFrame, budget: str, test_size, steps) -> str:
              "| dataset | test NLL | NFE-F / iter | NFE-B / iter | NFE-F, NFE-B at the end | time (s) |",
              "| --- | ---: | ---: | ---: | ---: | ---: |"]
     for r in t.itertuples():
-        lines.append(f"| {r.dataset} | {_cell(r.nll_mean, r.nll_std)} | {r.nfe_forward:.1f} | {r.nfe_backward:.1f} | "
-                     f"{r.nfe_forward_last:.0f}, {r.nfe_backward_last:.0f} | {r.wall_time_s:.0f} |")
+        lines.append(f"| {r.dataset} | {mean_std_cell(r.nll_mean, r.nll_std, '.3f')} | {r.nfe_forward:.1f} | "
+                     f"{r.nfe_backward:.1f} | {r.nfe_forward_last:.0f}, {r.nfe_backward_last:.0f} | {r.wall_time_s:.0f} |")
     note = (f"\nNLL on a fixed held-out sample of {test_size} points with the exact trace; NFE per training iteration "
             f"averaged over all {steps} iterations and over the last logging interval. No published toy NLLs exist "
             "to compare with (FFJORD reports none).\n")

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from .tables import seed_table
+from .tables import mean_std_cell, seed_table
 
 __all__ = ["PAPER_TABLE2", "MODEL_ORDER", "N_OBS", "table2", "table2_markdown", "plot_fig8", "plot_fig9",
            "POISSON_METRICS", "poisson_table", "poisson_markdown", "plot_fig7"]
@@ -76,12 +76,6 @@ def claim_holds(table: pd.DataFrame) -> dict[int, bool | None]:
     return out
 
 
-def _cell(m, s) -> str:
-    if m != m:
-        return "–"
-    return f"{m:.4f}" + (f" ± {s:.4f}" if s == s else "")
-
-
 def table2_markdown(table: pd.DataFrame, noise_std: float | None = None) -> str:
     """Table 2 as the paper lays it out (models × observation counts), measured beside the paper, per budget."""
     parts = []
@@ -100,7 +94,8 @@ def table2_markdown(table: pd.DataFrame, noise_std: float | None = None) -> str:
                 g = t[t["model"] == model].set_index("n_obs")
                 if g.empty:
                     continue
-                cells = [_cell(g.loc[n, f"{key}_mean"], g.loc[n, f"{key}_std"]) if n in g.index else "–" for n in ns]
+                cells = [mean_std_cell(g.loc[n, f"{key}_mean"], g.loc[n, f"{key}_std"], ".4f") if n in g.index else "–"
+                         for n in ns]
                 paper = [f"{PAPER_TABLE2[model][n]:.4f}" if n in PAPER_TABLE2.get(model, {}) else "–" for n in ns]
                 lines.append(f"| {MODEL_LABELS.get(model, model)} | " + " | ".join(cells) + " | " + " | ".join(paper) + " |")
             parts.append("\n".join(lines))
@@ -233,15 +228,11 @@ def poisson_claims(row) -> dict[str, bool | None]:
 
 
 def _pm(r, key, fmt=".2f") -> str:
-    m, s = r.get(f"{key}_mean", math.nan), r.get(f"{key}_std", math.nan)
-    if m != m:
-        return "–"
-    return format(m, fmt) + (f" ± {format(s, fmt)}" if s == s else "")
+    return mean_std_cell(r.get(f"{key}_mean"), r.get(f"{key}_std"), fmt)
 
 
-def _fixed(r, key, fmt=".2f") -> str:
-    m = r.get(f"{key}_mean", math.nan)
-    return "–" if m != m else format(m, fmt)
+def _fixed(r, key, fmt=".2f") -> str:  # a number that does not depend on the run: its mean, no spread
+    return mean_std_cell(r.get(f"{key}_mean"), None, fmt)
 
 
 def poisson_markdown(table: pd.DataFrame, rate: str | None = None, window: str | None = None) -> str:

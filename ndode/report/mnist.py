@@ -10,6 +10,8 @@ import math
 
 import pandas as pd
 
+from .tables import mean_std_cell
+
 __all__ = ["PAPER_TABLE1", "MODEL_ORDER", "model_key", "table1", "table1_markdown", "plot_fig3"]
 
 MODEL_ORDER = ("mlp", "resnet", "rknet", "odenet", "odenet_checkpoint")
@@ -82,12 +84,6 @@ def table1(df: pd.DataFrame) -> pd.DataFrame:
     return out.assign(_order=order).sort_values(["budget", "_order"]).drop(columns="_order").reset_index(drop=True)
 
 
-def _fmt(mean: float, sd: float, spec: str, unit: str = "") -> str:
-    if mean != mean:
-        return "–"
-    return f"{mean:{spec}}{unit}" + (f" ± {sd:{spec}}{unit}" if sd == sd else "")
-
-
 def _paper(r: dict, key: str) -> str:
     v = r.get(key)
     return v if isinstance(v, str) else "–"  # a row the paper does not have (the checkpointed adjoint)
@@ -108,12 +104,12 @@ def table1_markdown(table: pd.DataFrame) -> str:
         nfe = "–" if r["nfe_forward"] != r["nfe_forward"] else (
             f"{r['nfe_forward']:.1f} / " + ("–" if r["nfe_backward"] != r["nfe_backward"] else f"{r['nfe_backward']:.1f}"))
         cells = [r["budget"], r["label"], r["n_seeds"], f"{r['epochs']:.2f}",
-                 _fmt(r["test_error_pct_mean"], r["test_error_pct_std"], ".2f", "%"),
-                 _fmt(r.get("paper_error_pct", math.nan), math.nan, ".2f", "%"),
-                 f"{r['params_m']:.3f} M", _fmt(r.get("paper_params_m", math.nan), math.nan, ".2f", " M"),
+                 mean_std_cell(r["test_error_pct_mean"], r["test_error_pct_std"], ".2f", "%"),
+                 mean_std_cell(r.get("paper_error_pct", math.nan), math.nan, ".2f", "%"),
+                 f"{r['params_m']:.3f} M", mean_std_cell(r.get("paper_params_m", math.nan), math.nan, ".2f", " M"),
                  f"{r['saved_mib']:.1f} MiB", growth, _paper(r, "paper_memory"),
-                 _fmt(r["step_time_s_mean"], r["step_time_s_std"], ".3f", " s"),
-                 _fmt(r["test_time_per_128_s"], math.nan, ".3f", " s"), nfe, _paper(r, "paper_time")]
+                 mean_std_cell(r["step_time_s_mean"], r["step_time_s_std"], ".3f", " s"),
+                 mean_std_cell(r["test_time_per_128_s"], math.nan, ".3f", " s"), nfe, _paper(r, "paper_time")]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     note = (
         "\nMeasured: test error on the MNIST test set (10,000 images; smoke budgets use a subset) after the "

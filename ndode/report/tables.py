@@ -69,12 +69,14 @@ def seed_table(df: pd.DataFrame, by, metrics, seed_col: str = "seed") -> pd.Data
     return pd.DataFrame(rows, columns=by + ["n_seeds"] + [f"{m}_{s}" for m in metrics for s in ("mean", "std")])
 
 
-def _cell(mean: float, std: float, fmt: str) -> str:
-    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+def mean_std_cell(mean, std, fmt: str, unit: str = "") -> str:
+    """A table cell in the suite's one convention: ``mean ± std`` (each with ``unit``), the mean alone when the std
+    is missing (one seed, or a number without spread), ``–`` when the mean is missing (None or NaN)."""
+    if mean is None or mean != mean:
         return "–"
-    if std is None or math.isnan(std):
-        return format(mean, fmt)
-    return f"{format(mean, fmt)} ± {format(std, fmt)}"
+    if std is None or std != std:
+        return f"{format(mean, fmt)}{unit}"
+    return f"{format(mean, fmt)}{unit} ± {format(std, fmt)}{unit}"
 
 
 def markdown_table(agg: pd.DataFrame, spec: TableSpec) -> str:
@@ -88,7 +90,7 @@ def markdown_table(agg: pd.DataFrame, spec: TableSpec) -> str:
               "|" + "|".join(" --- " if c in spec.by else " ---: " for c in cols) + "|"]
     for _, r in agg.iterrows():
         cells = [str(r[c]) for c in spec.by] + [str(int(r["n_seeds"]))]
-        cells += [_cell(r[f"{m}_mean"], r[f"{m}_std"], spec.formats.get(m, ".4g")) for m in spec.metrics]
+        cells += [mean_std_cell(r[f"{m}_mean"], r[f"{m}_std"], spec.formats.get(m, ".4g")) for m in spec.metrics]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
