@@ -191,9 +191,13 @@ class LatentODETask(Task):
         self.nfe = {"forward": 0.0, "backward": 0.0, "n": 0}
 
     def load_split(self, name: str, n: int, subset):
-        d = self.cfg.data
-        data = make_spirals(n, d.n_obs, d.noise_std, d.seed, name, d.n_window, d.n_extrap)
+        """Split ``name`` of ``n`` spirals, or its first ``subset`` (smoke runs)."""
+        data = self.make_split(name, n)
         return data.subset(range(min(subset, n))) if subset else data
+
+    def make_split(self, name: str, n: int):
+        d = self.cfg.data
+        return make_spirals(n, d.n_obs, d.noise_std, d.seed, name, d.n_window, d.n_extrap)
 
     def build_model(self, m):
         if self.name == "latent_ode":
@@ -372,19 +376,18 @@ class PoissonTask(LatentODETask):
     train_terms = ("loss", "elbo", "kl", "log_lik_times")
 
     def __init__(self, cfg, ctx: RunContext):
-        self._truth: dict[str, dict] = {}
+        self._truth: dict | None = None
         super().__init__(cfg, ctx)
         # the homogeneous Poisson baseline: one rate for every sequence and time, its MLE on the training events
         self.rate_homogeneous = float(self.train.lengths.sum()) / (len(self.train) * self.train.t_window)
 
-    def load_split(self, name: str, n: int, subset):
+    def make_split(self, name: str, n: int):
         d = self.cfg.data
         try:
-            data = make_spiral_events(n, EventRate(d.rate_min, d.rate_max, d.rate_scale), d.noise_std, d.seed, name,
+            return make_spiral_events(n, EventRate(d.rate_min, d.rate_max, d.rate_scale), d.noise_std, d.seed, name,
                                       d.n_window, d.n_extrap)
         except ValueError as e:
             raise ConfigError(f"data.rate_min={d.rate_min!r}, data.rate_max={d.rate_max!r}: {e}") from e
-        return data.subset(range(min(subset, n))) if subset else data
 
     def build_model(self, m):
         return PoissonLatentODE(2, m.latent_dim, m.rec_hidden, m.ode_hidden, m.dec_hidden, m.rate_hidden, m.poisson)
@@ -412,22 +415,22 @@ class PoissonTask(LatentODETask):
         return loss, out, res["stats"]
 
     # ---- evaluation
-    def truth(self, name: str, data) -> dict:
-        """Per sequence, computed once per split: the log-likelihood of its event times under the true rate and
-        under the homogeneous baseline, in the window and after it; and the true rate on the grid."""
-        if name not in self._truth:
-            tw, te, lam = data.t_window, data.t_end, self.rate_homogeneous
+    def truth(self) -> dict:
+        """Per test sequence, computed once: the log-likelihood of its event times under the true rate and under
+        the homogeneous baseline, in the window and after it; and the true rate on the grid."""
+        if self._truth is None:
+            data, tw, te, lam = self.test, self.test.t_window, self.test.t_end, self.rate_homogeneous
             log_true = torch.log(data.true_rate(data.times))
             log_true_f = torch.log(data.true_rate(data.future_times))
             n, nf = data.lengths.double(), data.future_lengths.double()
-            self._truth[name] = {
+            self._truth = {
                 "true_ll": poisson_log_likelihood(log_true, data.mask, data.true_integral(0.0, tw)),
                 "true_ll_future": poisson_log_likelihood(log_true_f, data.future_mask, data.true_integral(tw, te)),
                 "homogeneous_ll": n * math.log(lam) - lam * tw,
                 "homogeneous_ll_future": nf * math.log(lam) - lam * (te - tw),
                 "rate_grid": data.rate(data.clean.double()).float(),  # [B, T]
             }
-        return self._truth[name]
+        return self._truth
 
     def score(self, data) -> dict:
         """Everything evaluation reports of one split, per sequence where it is a likelihood."""
@@ -462,9 +465,9 @@ class PoissonTask(LatentODETask):
             out[f"{name}_rmse"] = extrapolation_rmse(sc["x_pred"], data.clean.to(self.device), data.n_window)
             if not self.model.poisson:
                 continue
-            truth, w = self.truth(name, data), data.n_window
             out[f"{name}_event_ll"] = float(sc["event_ll"].mean())
             if name == "test":
+                truth, w = self.truth(), data.n_window
                 true_rate = truth["rate_grid"].to(self.device)
                 flat = torch.full_like(true_rate, self.rate_homogeneous)
                 out.update(
