@@ -25,16 +25,21 @@ from ndode.report.mnist import table1, table1_markdown
 from ndode.report.tables import TABLES, markdown_table, runs_table, seed_table
 
 
+def _summary(part, out: Path, name: str, drop_prefixes=("logger.",), drop=("run_root", "quiet")) -> Path:
+    """results/summary/<name>.csv: one row per run, without the columns that say nothing about the result."""
+    keep = [c for c in part.columns if not c.startswith(drop_prefixes) and c not in drop]
+    path = out / "summary" / f"{name}.csv"
+    atomic_write_text(path, part[keep].to_csv(index=False))
+    return path
+
+
 def mnist(part, out: Path) -> list[Path]:
     """Table 1: results/tables/mnist_table1.{md,csv}, measured beside the paper's values."""
     table = table1(part)
     paths = [out / "tables" / "mnist_table1.md", out / "tables" / "mnist_table1.csv"]
     atomic_write_text(paths[0], f"# MNIST (paper Table 1), measured\n\n{table1_markdown(table)}")
     atomic_write_text(paths[1], table.to_csv(index=False))
-    keep = [c for c in part.columns if not c.startswith(("logger.", "data.")) and c not in ("run_root", "quiet")]
-    paths.append(out / "summary" / "mnist.csv")
-    atomic_write_text(paths[2], part[keep].to_csv(index=False))
-    return paths
+    return paths + [_summary(part, out, "mnist", drop_prefixes=("logger.", "data."))]
 
 
 def latent_ode(part, out: Path) -> list[Path]:
@@ -45,10 +50,7 @@ def latent_ode(part, out: Path) -> list[Path]:
     atomic_write_text(paths[0], "# Latent ODE vs RNNs on irregularly sampled spirals (paper Table 2), measured\n\n"
                       + table2_markdown(table, noise_std=noise[0] if len(noise) == 1 else None))
     atomic_write_text(paths[1], table.to_csv(index=False))
-    keep = [c for c in part.columns if not c.startswith("logger.") and c not in ("run_root", "quiet")]
-    paths.append(out / "summary" / "latent_ode.csv")
-    atomic_write_text(paths[2], part[keep].to_csv(index=False))
-    return paths
+    return paths + [_summary(part, out, "latent_ode")]
 
 
 def cnf(part, out: Path) -> list[Path]:
@@ -83,11 +85,8 @@ def cnf(part, out: Path) -> list[Path]:
         paths += [out / "tables" / f"{name}.md", out / "tables" / f"{name}.csv"]
         atomic_write_text(paths[-2], md())
         atomic_write_text(paths[-1], table.to_csv(index=False))
-    keep = [c for c in part.columns if not c.startswith(("logger.", "budget.plan.")) and c not in ("run_root", "quiet",
-                                                                                                   "run_dir")]
-    paths.append(out / "summary" / "cnf.csv")
-    atomic_write_text(paths[-1], part[keep].to_csv(index=False))
-    return paths
+    return paths + [_summary(part, out, "cnf", drop_prefixes=("logger.", "budget.plan."),
+                             drop=("run_root", "quiet", "run_dir"))]
 
 
 def latent_poisson(part, out: Path) -> list[Path]:
@@ -99,18 +98,14 @@ def latent_poisson(part, out: Path) -> list[Path]:
         vals = sorted(part[col].unique()) if col in part else []
         return format(vals[0], fmt) if len(vals) == 1 else None
 
-    rate = None
-    if all(one(c, "g") for c in ("data.rate_min", "data.rate_max", "data.rate_scale")):
-        lo, hi, sc = (one(f"data.rate_{c}", "g") for c in ("min", "max", "scale"))
-        rate = f"λ(x) = {lo} + ({hi} − {lo}) · σ(x₂ / {sc}) events per time unit, x₂ the spiral's second coordinate"
+    lo, hi, sc = (one(f"data.rate_{c}", "g") for c in ("min", "max", "scale"))
+    rate = (f"λ(x) = {lo} + ({hi} − {lo}) · σ(x₂ / {sc}) events per time unit, x₂ the spiral's second coordinate"
+            if lo and hi and sc else None)
     paths = [out / "tables" / "latent_poisson.md", out / "tables" / "latent_poisson.csv"]
     atomic_write_text(paths[0], "# Latent ODE with Poisson-process observation times (paper §5.1, Figure 7), "
                       "measured\n\n" + poisson_markdown(table, rate=rate, window=one("data.n_extrap", "g")))
     atomic_write_text(paths[1], table.to_csv(index=False))
-    keep = [c for c in part.columns if not c.startswith("logger.") and c not in ("run_root", "quiet", "run_dir")]
-    paths.append(out / "summary" / "latent_poisson.csv")
-    atomic_write_text(paths[2], part[keep].to_csv(index=False))
-    return paths
+    return paths + [_summary(part, out, "latent_poisson", drop=("run_root", "quiet", "run_dir"))]
 
 
 # experiments whose tables are more than mean ± std of a few metrics
