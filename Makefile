@@ -14,7 +14,7 @@ DASH_STAMP := $(VENV)/.dashboard-stamp
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-ddp demo reproduce-mnist reproduce-cnf reproduce-latent-ode reproduce-poisson reproduce tables figures bench bench-quick sync dashboard
+.PHONY: help install test test-ddp demo reproduce-mnist reproduce-cnf reproduce-latent-ode reproduce-poisson reproduce tables figures publish bench bench-quick sync dashboard
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sed 's|$$(VENV)|$(VENV)|g; s|$$(JOBS)|$(JOBS)|g' \
@@ -88,16 +88,24 @@ reproduce-poisson: $(STAMP) ## Latent ODE with Poisson-process observation times
 	$(PY) scripts/make_tables.py --experiment latent_poisson --budget $(BUDGET)
 	$(PY) scripts/make_figures.py --experiment latent_poisson --budget $(BUDGET)
 
-demo: $(STAMP) ## learn a spiral ODE from noisy samples (cpu budget, ~1-2 min): results/figures/ode_demo.png, results/tables/ode_demo.md
+demo: $(STAMP) ## learn a spiral ODE from noisy samples (cpu budget, ~1-2 min): results/local/cpu/figures/ode_demo.png, results/local/cpu/tables/ode_demo.md
 	$(PY) experiments/ode_demo.py budget=cpu seed=0
-	$(PY) scripts/make_figures.py --experiment ode_demo
-	$(PY) scripts/make_tables.py --experiment ode_demo
+	$(PY) scripts/make_figures.py --experiment ode_demo --budget cpu
+	$(PY) scripts/make_tables.py --experiment ode_demo --budget cpu
 
-tables: $(STAMP) ## collect results/runs into results/summary/<exp>.csv and results/tables/<exp>.md
-	$(PY) scripts/make_tables.py
+# `make tables`/`make figures` without BUDGET: every budget found in results/runs, each into its own folder
+ONLY_BUDGET = $(if $(filter file,$(origin BUDGET)),,--budget $(BUDGET))
 
-figures: $(STAMP) ## draw results/figures/*.png from the run records in results/runs
-	$(PY) scripts/make_figures.py
+tables: $(STAMP) ## collect results/runs into results/local/<budget>/{summary,tables} (git-ignored), each budget (or BUDGET) on its own
+	$(PY) scripts/make_tables.py $(ONLY_BUDGET)
+
+figures: $(STAMP) ## draw results/local/<budget>/figures/*.png from the run records in results/runs, each budget (or BUDGET) on its own
+	$(PY) scripts/make_figures.py $(ONLY_BUDGET)
+
+publish: $(STAMP) ## replace the published results (results/tables, figures, summary: what the README shows) with BUDGET's runs; on purpose only
+	@test "$(origin BUDGET)" != file || { echo "error: make publish needs BUDGET=<the budget the published results were made with>, e.g. BUDGET=cpu" >&2; exit 2; }
+	$(PY) scripts/make_tables.py --publish --budget $(BUDGET)
+	$(PY) scripts/make_figures.py --publish --budget $(BUDGET)
 
 sync: $(STAMP) ## upload the offline W&B mirrors of results/runs (needs WANDB_API_KEY or `wandb login`)
 	$(PY) scripts/wandb_sync.py

@@ -1,5 +1,8 @@
 #!/usr/bin/env python
-"""Draw the figures under results/figures/ from run records (no training code is imported).
+"""Draw the figures from run records (no training code is imported), each budget's into its own folder:
+results/local/<budget>/figures/ (git-ignored) by default, the published results/figures/ only with --publish and
+the budget they were made with (`make publish BUDGET=cpu`). An experiment without runs at a budget is skipped;
+one experiment's problem is an `error:` line and the others are still drawn.
 
 ode_demo: results/figures/ode_demo.png, from the arrays saved by the chosen run
 (default: the cpu-budget run with default settings and seed 0, as `make demo` makes it).
@@ -28,6 +31,7 @@ from ndode.harness.config import auto_budget
 from ndode.report.figures import plot_ode_demo, save_figure
 from ndode.report.latent_ode import plot_fig7, plot_fig8, plot_fig9
 from ndode.report.mnist import plot_fig3
+from ndode.report.outputs import LOCAL, PUBLISHED, check_publish, output_root
 
 
 def ode_demo(runs: Path, out: Path, run: str | None, budget: str | None = None) -> list[Path]:
@@ -78,6 +82,7 @@ def cnf(runs: Path, out: Path, run: str | None, budget: str | None = None) -> li
 
     from ndode.harness import load_runs
     from ndode.report import cnf as C
+    from ndode.report.tables import tabulable
 
     if run is not None:
         raise ValueError("cnf figures combine many runs; use --budget, not --run")
@@ -89,6 +94,9 @@ def cnf(runs: Path, out: Path, run: str | None, budget: str | None = None) -> li
     if df.empty:
         raise FileNotFoundError(f"no finished cnf runs at budget={budget} under {root} "
                                 f"(run `make reproduce-cnf BUDGET={budget}` first)")
+    df, notes = tabulable(df, "cnf")  # one configuration per panel, as in the tables
+    for n in notes:
+        print(f"cnf (budget {budget}): {n}", file=sys.stderr)
     df = df.sort_values("seed", kind="stable")
 
     def arrays(rows, key):
@@ -159,23 +167,51 @@ FIGURES = {"ode_demo": ode_demo, "mnist": mnist, "cnf": cnf, "latent_ode": laten
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", default="results/runs", help="root of the run records (default: %(default)s)")
-    ap.add_argument("--out", default="results/figures", help="output directory (default: %(default)s)")
+    ap.add_argument("--out", help=f"output directory (several budgets: <out>/<budget>); default: {LOCAL}/<budget>/"
+                    f"figures, or with --publish: {PUBLISHED}/figures")
+    ap.add_argument("--publish", action="store_true", help="write the published figures (what the README shows); "
+                    "needs one --budget, the one they were made with")
     ap.add_argument("--experiment", action="append", choices=sorted(FIGURES), help="only these (repeatable)")
     ap.add_argument("--run", help="run directory name to draw from (one experiment)")
-    ap.add_argument("--budget", help="draw from the default run at this budget (default: cpu; auto: paper with CUDA, "
-                    "else cpu, as the runs resolve it)")
+    ap.add_argument("--budget", action="append", help="draw from the runs at this budget (repeatable; default: every "
+                    "budget found, each to its own folder; auto: paper with CUDA, else cpu, as the runs resolve it)")
     args = ap.parse_args(argv)
-    if args.budget == "auto":
-        args.budget = auto_budget()
+    budgets = [auto_budget() if b == "auto" else b for b in args.budget or []]
+    if args.publish and len(budgets) != 1:
+        print("error: --publish needs exactly one --budget (the budget the published figures were made with, "
+              "e.g. --budget cpu)", file=sys.stderr)
+        return 2
+    runs = Path(args.runs)
+    if not budgets and args.run and args.run.startswith("budget="):  # a run name says its budget
+        budgets = [args.run.split(",")[0].split("=", 1)[1]]
+    if not budgets:
+        from ndode.harness import load_runs
+
+        found = load_runs(runs) if runs.is_dir() else None
+        budgets = sorted(found["budget.name"].dropna().astype(str).unique()) if found is not None and len(found) else []
+        if not budgets:
+            print(f"no finished runs under {runs}: run an experiment first (e.g. make demo)", file=sys.stderr)
+            return 1
     names = args.experiment or sorted(FIGURES)
     status = 0
-    for name in names:
-        try:
-            for path in FIGURES[name](Path(args.runs), Path(args.out), args.run, args.budget):
-                print(f"{name}: {path}")
-        except FileNotFoundError as e:
-            print(f"{name}: {e}", file=sys.stderr)
-            status = 1
+    for budget in budgets:
+        out = Path(args.out) / budget if args.out and len(budgets) > 1 else Path(args.out) if args.out else \
+            output_root(None, args.publish, budget) / "figures"
+        for name in names:
+            try:
+                if args.publish:
+                    check_publish(name, budget)
+                for path in FIGURES[name](runs, out, args.run, budget):
+                    print(f"{name} (budget {budget}): {path}")
+            except FileNotFoundError as e:
+                if args.experiment:  # asked for by name: its runs must be there
+                    print(f"error: {name} at budget {budget}: {e}", file=sys.stderr)
+                    status = 1
+                else:
+                    print(f"{name} (budget {budget}): skipped, {e}", file=sys.stderr)
+            except (ValueError, KeyError, OSError) as e:
+                print(f"error: {name} at budget {budget}: {e}", file=sys.stderr)
+                status = 1
     return status
 
 

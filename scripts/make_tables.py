@@ -1,13 +1,21 @@
 #!/usr/bin/env python
-"""Collect run records into tables: results/summary/<experiment>.csv (one row per run) and
-results/tables/<experiment>.md (mean ± std over seeds), for every experiment with a TableSpec.
+"""Collect run records into tables: <out>/summary/<experiment>.csv (one row per run) and
+<out>/tables/<experiment>.md (mean ± std over seeds), for every experiment with a TableSpec or a custom builder.
+
+Each budget is built on its own, into results/local/<budget>/ (git-ignored) by default: smoke runs and your own
+runs never touch the published results. Those (results/tables, results/summary, what the README shows) change
+only with --publish and the budget they were made with (`make publish BUDGET=cpu`). A table cell averages runs of
+one configuration only (ndode.report.tables.one_config_per_cell): a cell whose runs differ in anything but the
+seed is left out, with a note that names the differing options. One experiment's problem is reported as an
+`error:` line; the others are still built.
 
 Unless W&B is disabled (WANDB_MODE=disabled, or runs made with logger=none), each experiment's
 tables and figures (its entry in ndode/report/registry.py) also go to its W&B `summary` run, one
 per (experiment, budget), replaced by the next `make tables` (offline: upload with `make sync`).
 
-    python scripts/make_tables.py                      # all experiments under results/runs
+    python scripts/make_tables.py                      # every experiment and budget -> results/local/<budget>/
     python scripts/make_tables.py --experiment ode_demo --budget cpu
+    python scripts/make_tables.py --publish --budget cpu   # the published results/tables, results/summary
 """
 
 from __future__ import annotations
@@ -16,13 +24,16 @@ import argparse
 import sys
 from pathlib import Path
 
+import pandas as pd
+
 from ndode.harness import atomic_write_text, load_runs
 from ndode.harness.config import auto_budget
 from ndode.report import cnf as C
 from ndode.report.dashboard import publish_summaries
 from ndode.report.latent_ode import poisson_markdown, poisson_table, table2, table2_markdown
 from ndode.report.mnist import table1, table1_markdown
-from ndode.report.tables import TABLES, markdown_table, runs_table, seed_table
+from ndode.report.outputs import LOCAL, PUBLISHED, check_publish, output_root
+from ndode.report.tables import TABLES, markdown_table, runs_table, seed_table, tabulable
 
 
 def _summary(part, out: Path, name: str, drop_prefixes=("logger.",), drop=("run_root", "quiet")) -> Path:
@@ -55,10 +66,7 @@ def latent_ode(part, out: Path) -> list[Path]:
 
 def cnf(part, out: Path) -> list[Path]:
     """Figures 4 and 5 and the FFJORD toys: results/tables/cnf_{fig4_loss,fig5_nll,toy_nll}.{md,csv}."""
-    budgets = sorted(set(part["budget.name"]))
-    if len(budgets) > 1:
-        raise ValueError(f"cnf runs at several budgets {budgets}: choose one with --budget")
-    budget, paths = budgets[0], []
+    budget, paths = str(part["budget.name"].iloc[0]), []  # main() builds each budget on its own
 
     def steps(rows) -> dict:
         return {f"{C.MODEL_LABELS.get(f, f)}": int(s) for f, s in rows.groupby("flow")["steps"].max().items()}
@@ -68,7 +76,11 @@ def cnf(part, out: Path) -> list[Path]:
 
     dens = part[part["task"] == "density"]
     mle = part[part["data"].isin(C.FIG5_DATA)]
-    f4, f5 = C.fig4_table(part), C.fig5_table(part)
+    # a sweep may hold only one figure's runs (e.g. Figure 5 alone): build the tables that have runs
+    f4 = C.fig4_table(part) if len(dens) else pd.DataFrame(columns=["target", "model", "size", "kl_mean", "kl_std",
+                                                                     "n_seeds"])
+    f5 = C.fig5_table(part) if len(mle) else pd.DataFrame(columns=["dataset", "model", "nll_mean", "nll_std",
+                                                                    "n_seeds"])
     checks = C.claims(f4, f5)
     outputs = [("cnf_fig4_loss", f4, lambda: C.fig4_markdown(f4, checks, budget, first("budget.kl_samples", dens),
                                                              steps(dens))),
@@ -112,65 +124,102 @@ def latent_poisson(part, out: Path) -> list[Path]:
 CUSTOM = {"mnist": mnist, "cnf": cnf, "latent_ode": latent_ode, "latent_poisson": latent_poisson}
 
 
-def _failed_runs(root, budgets) -> dict:
-    """How many failed runs (status ``failed`` in meta.json) each experiment has: tables leave them out and say so."""
-    runs = load_runs(root, finished_only=False)
-    runs = runs[runs["status"] == "failed"]
-    if budgets and not runs.empty:
-        runs = runs[runs["budget.name"].isin(budgets)]
-    return runs["experiment"].value_counts().to_dict() if not runs.empty else {}
+def _failed_runs(runs, budget: str) -> dict:
+    """How many failed runs (status ``failed`` in meta.json) each experiment has at ``budget``: tables leave them
+    out and say so."""
+    if runs.empty or "budget.name" not in runs:
+        return {}
+    runs = runs[(runs["status"] == "failed") & (runs["budget.name"].astype(str) == budget)]
+    return runs["experiment"].value_counts().to_dict()
+
+
+def _add_notes(paths, notes: list[str]) -> None:
+    """Append the notes (runs left out, and why) to each Markdown table written."""
+    if not notes:
+        return
+    text = "".join(f"\n{n[0].upper()}{n[1:]}.\n" for n in notes)
+    for path in paths:
+        if str(path).endswith(".md"):
+            atomic_write_text(path, Path(path).read_text(encoding="utf-8") + text)
+
+
+def build(name: str, part, out: Path) -> list[Path]:
+    """One experiment's tables (and its summary CSV) from its runs at one budget; returns the files written."""
+    if name in CUSTOM:
+        return CUSTOM[name](part.dropna(axis=1, how="all"), out)  # other experiments' columns
+    spec = TABLES[name]
+    csv_path, md_path = out / "summary" / f"{name}.csv", out / "tables" / f"{name}.md"
+    atomic_write_text(csv_path, runs_table(part, spec).to_csv(index=False))
+    atomic_write_text(md_path, markdown_table(seed_table(part, spec.by, spec.metrics), spec))
+    return [csv_path, md_path]
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", default="results/runs", help="root of the run records (default: %(default)s)")
-    ap.add_argument("--out", default="results", help="writes <out>/summary/*.csv and <out>/tables/*.md")
+    ap.add_argument("--out", help="writes <out>/summary/*.csv and <out>/tables/*.md (several budgets: "
+                    f"<out>/<budget>/...); default: {LOCAL}/<budget>, or with --publish: {PUBLISHED}")
+    ap.add_argument("--publish", action="store_true", help=f"write the published results under {PUBLISHED}/ (what "
+                    "the README shows); needs one --budget, the one they were made with")
     ap.add_argument("--experiment", action="append", help="only these experiments (repeatable)")
-    ap.add_argument("--budget", action="append", help="only runs at these budgets (repeatable; auto: paper with CUDA, "
-                    "else cpu, as the runs resolve it)")
+    ap.add_argument("--budget", action="append", help="only runs at these budgets (repeatable; default: every budget "
+                    "found, each to its own folder; auto: paper with CUDA, else cpu, as the runs resolve it)")
     args = ap.parse_args(argv)
-    args.budget = [auto_budget() if b == "auto" else b for b in args.budget or []] or None
+    budgets = [auto_budget() if b == "auto" else b for b in args.budget or []]
+    if args.publish and len(budgets) != 1:
+        print("error: --publish needs exactly one --budget (the budget the published results were made with, "
+              "e.g. --budget cpu)", file=sys.stderr)
+        return 2
     if not Path(args.runs).is_dir():
         print(f"no run records under {args.runs}: run an experiment first (e.g. make demo)", file=sys.stderr)
         return 1
-    df = load_runs(args.runs)
-    failed = _failed_runs(args.runs, args.budget)
+    every = load_runs(args.runs, finished_only=False)
+    df = every[every["status"] == "done"] if not every.empty else every
     if df.empty:
         print(f"no finished runs under {args.runs}", file=sys.stderr)
         return 1
-    if args.budget:
-        df = df[df["budget.name"].isin(args.budget)]
+    budgets = budgets or sorted(df["budget.name"].dropna().astype(str).unique())
     known = set(TABLES) | set(CUSTOM)
-    wanted = args.experiment or sorted(set(df["experiment"]) & known)
-    unknown = sorted(set(wanted) - known)
+    unknown = sorted(set(args.experiment or ()) - known)
     if unknown:
-        print(f"no table spec for {unknown}; known: {sorted(known)} (ndode/report/)", file=sys.stderr)
+        print(f"error: no table spec for {unknown}; known: {sorted(known)} (ndode/report/)", file=sys.stderr)
         return 2
-    out = Path(args.out)
-    (out / "summary").mkdir(parents=True, exist_ok=True)
-    (out / "tables").mkdir(parents=True, exist_ok=True)
-    written = []
-    for name in wanted:
-        part = df[df["experiment"] == name]
-        n_failed = failed.get(name, 0)
-        left_out = f"left out {n_failed} failed run(s) (status 'failed' in their meta.json)" if n_failed else ""
-        if part.empty:
-            print(f"{name}: no finished runs, skipped" + (f"; {left_out}" if left_out else ""), file=sys.stderr)
-            continue
-        written.append(name)
-        if name in CUSTOM:
-            paths = CUSTOM[name](part.dropna(axis=1, how="all"), out)  # other experiments' columns
-            print(f"{name}: {len(part)} runs -> " + ", ".join(map(str, paths)) + (f"; {left_out}" if left_out else ""))
-            continue
-        spec = TABLES[name]
-        csv_path, md_path = out / "summary" / f"{name}.csv", out / "tables" / f"{name}.md"
-        atomic_write_text(csv_path, runs_table(part, spec).to_csv(index=False))
-        md = markdown_table(seed_table(part, spec.by, spec.metrics), spec)
-        atomic_write_text(md_path, md + (f"\n{left_out[0].upper()}{left_out[1:]}.\n" if left_out else ""))
-        print(f"{name}: {len(part)} runs -> {csv_path}, {md_path}" + (f"; {left_out}" if left_out else ""))
-    for line in publish_summaries(df, written, out, Path(args.runs)):
-        print(line)
-    return 0
+    status = 0
+    for budget in budgets:
+        out = output_root(args.out, args.publish, budget, several=len(budgets) > 1)
+        at = df[df["budget.name"].astype(str) == budget]
+        failed = _failed_runs(every, budget)
+        wanted = args.experiment or sorted(set(at["experiment"]) & known)
+        written = []
+        for name in wanted:
+            part = at[at["experiment"] == name]
+            notes = [f"left out {failed[name]} failed run(s) (status 'failed' in their meta.json)"] if name in failed else []
+            if part.empty:
+                print(f"{name}: no finished runs at budget {budget}, skipped" + "".join(f"; {n}" for n in notes),
+                      file=sys.stderr)
+                continue
+            try:
+                if args.publish:
+                    check_publish(name, budget)
+                part, left_out = tabulable(part, name)
+                notes += left_out
+                if part.empty:
+                    raise ValueError("every cell was left out: " + "; ".join(left_out))
+                (out / "summary").mkdir(parents=True, exist_ok=True)
+                (out / "tables").mkdir(parents=True, exist_ok=True)
+                paths = build(name, part, out)
+                _add_notes(paths, notes)
+            except (ValueError, KeyError, OSError) as e:
+                print(f"error: {name} at budget {budget}: {e}", file=sys.stderr)
+                status = 1
+                continue
+            written.append(name)
+            print(f"{name} (budget {budget}): {len(part)} runs -> " + ", ".join(map(str, paths)))
+            for n in notes:
+                print(f"{name} (budget {budget}): {n}", file=sys.stderr)
+        for line in publish_summaries(at, written, out, Path(args.runs)):
+            print(line)
+    return status
 
 
 if __name__ == "__main__":

@@ -106,17 +106,20 @@ def test_expand_sweep_like_hydra():
                     ["model=mlp", "budget=cpu", "seed=0"], ["model=mlp", "budget=cpu", "seed=1"]]
 
 
-def test_plan_from_readme_figures_warns_about_paper_on_cpu(tmp_path, capsys):
+def test_plan_of_paper_on_cpu_warns_and_never_scales_another_budgets_runs(tmp_path, capsys):
+    """The published summary holds cpu runs only: a paper-budget plan reads none of them (their pace is another
+    budget's), says it has no estimate, and still warns that the paper's schedule on a CPU is long."""
     _no_cuda()
     text = _plan("mnist", ["model=odenet,rknet,resnet,mlp", "budget=paper", "seed=0", f"run_root={tmp_path}"],
                  requested="paper")
     lines = text.splitlines()
     assert lines[0].startswith("plan: mnist, 4 run(s) at budget paper on cpu, 2 at a time")
-    assert all("74880 iters" in line and "README figures: results/summary/mnist.csv" in line for line in lines[1:5])
-    estimate = next(line for line in lines if line.startswith("estimate:"))
-    assert "h wall" in estimate and "(source: README figures)" in estimate
+    assert all("74880 iters" in line and "no measurement yet" in line for line in lines[1:5])
+    assert "README figures" not in text
+    assert next(line for line in lines if line.startswith("estimate:")).startswith("estimate: unknown")
     warning = next(line for line in lines if line.startswith("WARNING"))
-    assert "on the CPU" in warning and "BUDGET=cpu" in warning and "budget=cpu" in warning
+    assert "paper's schedule on the CPU" in warning and "BUDGET=cpu" in warning and "budget=cpu" in warning
+    assert "far less (~" in warning  # the cpu budget's own estimate, from the cpu runs
     assert text in capsys.readouterr().out
 
 

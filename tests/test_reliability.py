@@ -526,7 +526,7 @@ def test_tables_leave_failed_runs_out_and_say_so(tmp_path, capsys):
         _run(root, _NaNLoss, "seed=1")
     assert make_tables.main(["--runs", str(root), "--out", str(tmp_path / "out"), "--experiment", "ode_demo"]) == 0
     out = capsys.readouterr()
-    assert "ode_demo: 1 runs" in out.out and "left out 1 failed run" in out.out + out.err
+    assert "ode_demo (budget smoke): 1 runs" in out.out and "left out 1 failed run" in out.out + out.err
     assert "Left out 1 failed run" in (tmp_path / "out" / "tables" / "ode_demo.md").read_text()
 
 

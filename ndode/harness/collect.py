@@ -5,13 +5,18 @@ This DataFrame is the single input of all tables and figures. One row per run:
 * ``run`` (path relative to the root), ``run_dir`` (the root as given joined with ``run``: relative when the root is, so committed tables hold no machine paths), ``run_name``, ``status`` (``done``, or for an unfinished run ``failed``, ``interrupted`` or ``unfinished``, with the ``reason`` from ``meta.json``),
 * the resolved config flattened with dots (``solver.method``, ``budget.name``, ``seed``, ...),
 * the summary metrics (``summary.json``, flattened the same way),
-* ``git_commit``, ``git_dirty``, ``started``, ``finished`` from ``meta.json``.
+* ``git_commit``, ``git_dirty``, ``started``, ``finished`` from ``meta.json``,
+* ``config_id``: a short hash of the resolved config without the seed and without :data:`NON_RESULT_OPTIONS`
+  (what a run computes, not where or how it was logged); two runs with the same ``config_id`` differ only in
+  their seed, so a table may average them, and only them. ``config_json`` holds the same reduced config (the
+  report names the options in which two configurations differ).
 
 A summary key that collides with a config column is an error, not a silent overwrite.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -21,11 +26,30 @@ import yaml
 
 from .record import flatten
 
-__all__ = ["load_runs", "RUN_COLUMNS"]
+__all__ = ["load_runs", "RUN_COLUMNS", "NON_RESULT_OPTIONS", "result_config", "config_id"]
 
 RUN_COLUMNS = ("run", "run_dir", "run_name", "status")
+# The one list of options that cannot change what a run computes: where its record goes, how often it logs,
+# prints and checkpoints, the W&B mirror, and where and on how many threads it ran. Everything else in the
+# resolved config (the budget's steps and learning rate, the data, the model, the solver) is part of a run's
+# configuration, and tables never average runs whose configurations differ. An entry names an option or a
+# whole group (``logger`` covers ``logger.mode``...).
+NON_RESULT_OPTIONS = ("seed", "run_root", "quiet", "device", "threads", "logger", "budget.log_every",
+                      "budget.progress_every", "budget.checkpoint_every")
 META_COLUMNS = ("git_commit", "git_dirty", "started", "finished")
 _SKIP_DIRS = {".hydra", "wandb", ".submitit", "figures", "arrays", "__pycache__"}
+
+
+def result_config(flat: dict) -> dict:
+    """A flattened resolved config without :data:`NON_RESULT_OPTIONS`: what decides a run's results, but its seed."""
+    return {k: v for k, v in flat.items()
+            if not any(k == x or k.startswith(x + ".") for x in NON_RESULT_OPTIONS)}
+
+
+def config_id(flat: dict) -> str:
+    """A short, stable hash of :func:`result_config` (runs with equal ids differ only in their seed)."""
+    text = json.dumps(result_config(flat), sort_keys=True, default=str)
+    return hashlib.sha1(text.encode()).hexdigest()[:10]
 
 
 def _run_dirs(root: Path):
@@ -62,7 +86,10 @@ def load_runs(root: str | os.PathLike, finished_only: bool = True) -> pd.DataFra
         row = {"run": d.relative_to(root).as_posix(), "run_dir": d.as_posix(), "run_name": d.name, "status": status}
         if not done:
             row["reason"] = meta.get("reason")
-        row.update(flatten(config))
+        flat = flatten(config)
+        row.update(flat)
+        row["config_id"] = config_id(flat)
+        row["config_json"] = json.dumps(result_config(flat), sort_keys=True, default=str)
         for k, v in flatten(summary).items():
             if k in row:
                 raise ValueError(f"{d}: summary key {k!r} collides with a config or record column; rename it")

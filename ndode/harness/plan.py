@@ -10,8 +10,7 @@ first source that has it, and the line says which:
    budget and another seed (``<run_root>/<experiment>/*/metrics.jsonl``);
 2. ``README figures``: the committed measurements behind the README
    (``results/summary/<experiment>.csv``: ``wall_time_s`` over the steps of
-   the same overrides at the same budget, or at another budget scaled by its
-   number of steps);
+   the same overrides at the same budget; never another budget's runs);
 
    a measured pace counts only on the same kind of device (CPU or CUDA) as the planned run;
 3. none: the run is new and nothing comparable was measured.
@@ -35,7 +34,6 @@ __all__ = ["PlannedRun", "expand_sweep", "plan_runs", "format_plan", "print_plan
 
 LONG_S = 2 * 3600.0  # above this on a CPU, the plan says so and names budget=cpu
 _SEED = re.compile(r",seed=[^,]*$")
-_BUDGET = re.compile(r"^budget=[^,]*,?")
 
 
 @dataclass
@@ -51,10 +49,9 @@ class PlannedRun:
     state: str = "new"  # new | finished (skipped) | resumes
 
 
-def _key(name: str, budget: bool = True) -> str:
-    """A run name without its seed (and without its budget): runs that differ only there run at the same pace."""
-    name = _SEED.sub("", name)
-    return name if budget else _BUDGET.sub("", name)
+def _key(name: str) -> str:
+    """A run name without its seed: runs that differ only there run at the same pace."""
+    return _SEED.sub("", name)
 
 
 def _record_pace(run_dir: Path) -> tuple[float, int] | None:
@@ -136,12 +133,12 @@ def _estimate(run: PlannedRun, rows: list[dict], table: Path, job: list[str], co
                 if pace:
                     run.seconds, run.source = pace[0] * run.steps, f"measured: {other}"
                     return
-    rows = [r for r in rows if _same_device(r.get("device"), run.device)]
+    # only runs of the budget being planned: another budget's runs differ in more than their length (a smoke
+    # run's units are on tiny data), so their pace says nothing about this one's
+    rows = [r for r in rows if _same_device(r.get("device"), run.device) and r.get("budget.name") == run.budget]
     same = [r for r in rows if _key(Path(r.get("run") or r.get("run_name", "")).name) == _key(run.name)]
-    like = same or [r for r in rows if _key(Path(r.get("run") or r.get("run_name", "")).name, budget=False)
-                    == _key(run.name, budget=False)]
     paces = []
-    for r in like:
+    for r in same:
         try:
             wall = float(r["wall_time_s"])
             steps = r.get("steps") or r.get("budget.steps")
@@ -152,9 +149,7 @@ def _estimate(run: PlannedRun, rows: list[dict], table: Path, job: list[str], co
             continue
     if paces:
         run.seconds = sum(paces) / len(paces) * run.steps
-        level = like[0].get("budget.name", "?")
-        run.source = (f"README figures: {table.as_posix()}, budget {level}"
-                      + ("" if same else f" runs scaled to {run.steps} {run.unit}s"))
+        run.source = f"README figures: {table.as_posix()}, budget {run.budget}"
 
 
 def _fmt_duration(s: float) -> str:
@@ -173,6 +168,10 @@ def _makespan(seconds: list[float], jobs: int) -> float:
     return max(workers)
 
 
+def _paper_on_cpu(runs: list[PlannedRun]) -> bool:
+    return any(r.budget == "paper" and r.device == "cpu" for r in runs)
+
+
 def format_plan(experiment: str, runs: list[PlannedRun], jobs: int, requested_budget: str,
                 cheaper: float | None = None) -> str:
     """The lines printed before a sweep: header, one line per run, the estimate (naming its source), any warning."""
@@ -187,16 +186,17 @@ def format_plan(experiment: str, runs: list[PlannedRun], jobs: int, requested_bu
         lines.append(f"  {r.name:<{width}}  {r.steps} {r.unit}s  {t:>8}  {r.source}")
     known = [r for r in runs if r.seconds is not None]
     sources = sorted({r.source.split(":")[0].split(" (")[0] for r in known if r.state != "finished"})
+    total = _makespan([r.seconds for r in known], jobs) if known else None
     if not known:
-        lines.append("estimate: unknown (no run record and no README figure for these runs yet)")
-        return "\n".join(lines)
-    total = _makespan([r.seconds for r in known], jobs)
-    partial = f" for {len(known)} of {len(runs)} runs" if len(known) < len(runs) else ""
-    lines.append(f"estimate: ~{_fmt_duration(total)} wall{partial} "
-                 f"(source: {', '.join(sources) if sources else 'finished runs are skipped'})")
-    if total > LONG_S and all(d == "cpu" for d in devices) and budgets != ["cpu"] and budgets != ["smoke"]:
+        lines.append("estimate: unknown (no run record and no README figure for these runs at this budget yet)")
+    else:
+        partial = f" for {len(known)} of {len(runs)} runs" if len(known) < len(runs) else ""
+        lines.append(f"estimate: ~{_fmt_duration(total)} wall{partial} "
+                     f"(source: {', '.join(sources) if sources else 'finished runs are skipped'})")
+    if _paper_on_cpu(runs) and (total is None or total > LONG_S):
         alt = f" (~{_fmt_duration(cheaper)})" if cheaper else ""
-        lines.append(f"WARNING: this is about {_fmt_duration(total)} on the CPU. The cpu budget gives real results "
+        size = f"about {_fmt_duration(total)}" if total is not None else f"{max(r.steps for r in runs)} {runs[0].unit}s a run"
+        lines.append(f"WARNING: this is the paper's schedule on the CPU ({size}). The cpu budget gives real results "
                      f"in far less{alt}: BUDGET=cpu for make targets, budget=cpu on the command line. "
                      "Starting anyway (Ctrl-C stops it; the same command resumes).")
     return "\n".join(lines)
@@ -206,9 +206,8 @@ def print_plan(experiment: str, overrides: list[str], jobs: int, compose: Callab
                requested_budget: str) -> str:
     """Plan a sweep and print it (and the cheaper budget's estimate, when the plan is long on a CPU)."""
     runs = plan_runs(experiment, expand_sweep(overrides), compose)
-    total = _makespan([r.seconds for r in runs if r.seconds is not None], jobs) if runs else 0.0
     cheaper = None
-    if total > LONG_S and any(r.budget not in ("cpu", "smoke") for r in runs):
+    if _paper_on_cpu(runs):
         alt = [o for o in overrides if not o.startswith("budget=")] + ["budget=cpu"]
         cheap = plan_runs(experiment, expand_sweep(alt), compose)
         if all(r.seconds is not None for r in cheap):

@@ -11,12 +11,14 @@ sample of run records.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 
 import pandas as pd
 
-__all__ = ["TableSpec", "TABLES", "seed_table", "markdown_table", "runs_table"]
+__all__ = ["TableSpec", "TABLES", "CELLS", "seed_table", "markdown_table", "runs_table", "one_config_per_cell",
+           "tabulable"]
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,74 @@ TABLES: dict[str, TableSpec] = {
 }
 
 
+# What makes one cell of each experiment's tables and figures (with the budget): every run in a cell must have
+# one configuration (one_config_per_cell). The cells are the paper's axes: MNIST's model, the CNF's target, flow
+# and size, the latent ODE's model and observation count, the Poisson term on or off; the demo's table rows.
+CELLS: dict[str, tuple[str, ...]] = {
+    "mnist": ("model.name",),
+    "cnf": ("data", "flow", "size"),
+    "latent_ode": ("model.name", "data.n_obs"),
+    "latent_poisson": ("model.poisson",),
+    **{name: tuple(c for c in spec.by if c != "budget.name") for name, spec in TABLES.items()},
+}
+
+
+def tabulable(df: pd.DataFrame, experiment: str) -> tuple[pd.DataFrame, list[str]]:
+    """:func:`one_config_per_cell` over the experiment's :data:`CELLS` (and the budget)."""
+    return one_config_per_cell(df, ("budget.name", *CELLS.get(experiment, ())))
+
+
+def _differing(configs: list[str]) -> list[str]:
+    """The options (flattened names) whose values differ between these reduced configs (``config_json``)."""
+    dicts = [json.loads(c) for c in configs]
+    keys = sorted(set().union(*dicts))
+    return [k for k in keys if len({json.dumps(d.get(k, "<absent>"), default=str) for d in dicts}) > 1]
+
+
+def one_config_per_cell(df: pd.DataFrame, by, seed_col: str = "seed") -> tuple[pd.DataFrame, list[str]]:
+    """The runs a table may average: in each cell (one value of ``by``) the runs of one configuration.
+
+    Runs are the same configuration when their ``config_id`` (the collector's hash of the resolved config
+    without the seed and the options that cannot change results) is equal. A cell whose runs have several
+    configurations is left out whole, and a note names the options in which they differ, their values and
+    the runs of each: averaging them would report a mean of different experiments as seeds of one, and no
+    rule can know which of them the user meant. Within a configuration, a seed run twice (two run
+    directories) counts once: its most recently finished run is kept, and a note says so.
+
+    Returns the kept runs and the notes (one line each, for the console and the table's footnotes).
+    """
+    by = [c for c in by if c in df.columns]
+    if df.empty or "config_id" not in df.columns:
+        return df, []
+    keep, notes = [], []
+    groups = df.groupby(by, dropna=False, sort=True) if by else [((), df)]
+    for key, g in groups:
+        key = key if isinstance(key, tuple) else (key,)
+        cell = ", ".join(f"{c}={v}" for c, v in zip(by, key)) or "all runs"
+        if g["config_id"].nunique() > 1:
+            configs = g.drop_duplicates("config_id")
+            diff = _differing(list(configs["config_json"]))
+            parts = []
+            for _, c in configs.iterrows():
+                vals = json.loads(c["config_json"])
+                runs = g[g["config_id"] == c["config_id"]]
+                seeds = ",".join(str(s) for s in sorted(runs[seed_col].unique()))
+                parts.append(" ".join(f"{k}={vals.get(k, '<absent>')}" for k in diff) + f" (seeds {seeds})")
+            notes.append(f"left out {cell}: its {len(g)} runs have {len(configs)} different configurations, "
+                         f"differing in {', '.join(diff)}: {'; '.join(parts)}. Keep one configuration's runs "
+                         "under the runs root (move the others elsewhere) to tabulate this cell")
+            continue
+        if g[seed_col].duplicated().any():
+            order = g.sort_values("finished", kind="stable") if "finished" in g else g
+            dup = sorted(order.loc[order[seed_col].duplicated(keep="last"), seed_col].unique())
+            notes.append(f"{cell}: seed(s) {', '.join(map(str, dup))} ran more than once with the same "
+                         "configuration; the latest finished run of each is used")
+            g = order.drop_duplicates(seed_col, keep="last")
+        keep.append(g)
+    out = pd.concat(keep).sort_index() if keep else df.iloc[:0]
+    return out, notes
+
+
 def _require(df: pd.DataFrame, columns, what: str) -> None:
     missing = [c for c in columns if c not in df.columns]
     if missing:
@@ -60,7 +130,7 @@ def seed_table(df: pd.DataFrame, by, metrics, seed_col: str = "seed") -> pd.Data
     for key, g in df.groupby(by, dropna=False, sort=True):
         key = key if isinstance(key, tuple) else (key,)
         row = dict(zip(by, key))
-        row["n_seeds"] = int(g[seed_col].count())
+        row["n_seeds"] = int(g[seed_col].nunique())
         for m in metrics:
             x = pd.to_numeric(g[m], errors="coerce").dropna()
             row[f"{m}_mean"] = float(x.mean()) if len(x) else math.nan

@@ -1,0 +1,165 @@
+"""Published results change only on purpose, and a table cell never averages runs of different configurations.
+
+The run records here are written directly (config composed by Hydra as the experiment would, a made-up summary):
+what is under test is the path from records to tables and figures, not training.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+pytest.importorskip("hydra")
+pytest.importorskip("matplotlib")
+
+from ndode.harness import load_runs  # noqa: E402
+from ndode.harness.config import to_plain  # noqa: E402
+from ndode.report.tables import TABLES, seed_table  # noqa: E402
+
+from _experiments import compose_config, load_experiment, load_script  # noqa: E402
+
+
+def record(root: Path, experiment: str, overrides: list[str], summary: dict, seed: int, name: str | None = None,
+           finished: str = "2026-12-01T00:00:00+00:00") -> Path:
+    """A finished run record as the harness leaves it (config, meta, summary, done)."""
+    load_experiment(experiment)  # registers the schema
+    cfg = compose_config(experiment, *overrides, f"seed={seed}", "device=cpu")
+    config = to_plain(cfg)
+    d = root / experiment / (name or ",".join([*overrides, f"seed={seed}"]))
+    d.mkdir(parents=True)
+    (d / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    (d / "meta.json").write_text(json.dumps({"status": "done", "git": {"commit": "0" * 40, "dirty": False},
+                                             "started": finished, "finished": finished}))
+    summary = {"steps": config["budget"]["steps"], "unit": config["budget"]["unit"], **summary}  # as the harness adds
+    (d / "summary.json").write_text(json.dumps(summary))
+    (d / "done").write_text(finished)
+    return d
+
+
+def _latent(rmse: float) -> dict:
+    return {"test_rmse": rmse, "test_rmse_noisy": rmse, "val_rmse": rmse, "wall_time_s": 1.0}
+
+
+def test_latent_table_never_averages_runs_with_another_learning_rate(tmp_path):
+    """The issue's first example: two RNN runs at n = 30 with budget.lr=1000 beside two ordinary ones."""
+    runs, out = tmp_path / "runs", tmp_path / "out"
+    base = ["model=rnn", "data.n_obs=30", "budget=smoke"]
+    for seed in (0, 1):
+        record(runs, "latent_ode", base, _latent(0.5 + 0.01 * seed), seed)
+        record(runs, "latent_ode", ["model=latent_ode", "data.n_obs=30", "budget=smoke"], _latent(0.3), seed)
+    for seed in (2, 3):
+        record(runs, "latent_ode", [*base, "budget.lr=1000"], _latent(165005087.0 * seed), seed)
+    assert load_script("make_tables").main(["--runs", str(runs), "--out", str(out), "--experiment", "latent_ode"]) == 0
+    md = (out / "tables" / "latent_table2.md").read_text()
+    assert "16500" not in md and "8250" not in md  # no pooled mean or std of the lr=1000 runs
+    assert "budget.lr" in md and "left out" in md.lower()  # the note names the differing option
+    assert "0.3" in md  # the latent ODE's cell, one configuration, is still there
+
+
+def test_cnf_table_never_averages_runs_with_other_steps(tmp_path):
+    """The issue's second example: a Figure 5 CNF run with budget.steps=800 beside the smoke runs."""
+    runs, out = tmp_path / "runs", tmp_path / "out"
+    base = ["data=moons", "size=64", "budget=smoke"]
+    nll = {"nll_test": 3.0, "nll_test_se": 0.1, "task": "mle", "wall_time_s": 1.0, "nfe_forward": 10.0,
+           "nfe_backward": 20.0}
+    for seed in (0, 1):
+        record(runs, "cnf", [*base, "flow=cnf"], nll, seed)
+        record(runs, "cnf", [*base, "flow=planar"], nll, seed)
+    record(runs, "cnf", [*base, "flow=cnf", "budget.steps=800"], {**nll, "nll_test": 0.5}, 2)
+    for flow in ("cnf", "planar"):  # and Figure 4's runs, as a reproduce sweep leaves them
+        record(runs, "cnf", ["data=U1", "size=2", f"flow={flow}", "budget=smoke"],
+               {"kl": 1.0, "kl_se": 0.1, "task": "density", "wall_time_s": 1.0}, 0)
+    assert load_script("make_tables").main(["--runs", str(runs), "--out", str(out), "--experiment", "cnf"]) == 0
+    table = pd.read_csv(out / "tables" / "cnf_fig5_nll.csv")
+    assert set(table["model"]) == {"planar"}  # the CNF cell is left out whole: its runs are two configurations
+    assert (table["n_seeds"] == 2).all()
+    md = (out / "tables" / "cnf_fig5_nll.md").read_text()
+    assert "budget.steps" in md and "seeds 0,1" in md and "seeds 2" in md
+
+
+def test_a_seed_counts_once_and_unrelated_options_do_not_split_a_cell():
+    from ndode.report.tables import one_config_per_cell
+
+    df = pd.DataFrame({
+        "budget.name": ["cpu"] * 4, "seed": [0, 0, 1, 2], "m": [1.0, 2.0, 3.0, 4.0],
+        "config_id": ["a", "a", "a", "a"], "config_json": ['{"x": 1}'] * 4,
+        "finished": ["2026-01-01", "2026-01-02", "2026-01-01", "2026-01-01"]})
+    kept, notes = one_config_per_cell(df, ["budget.name"])
+    assert sorted(kept["seed"]) == [0, 1, 2] and kept[kept["seed"] == 0]["m"].item() == 2.0  # the latest
+    assert len(notes) == 1 and "seed(s) 0 ran more than once" in notes[0]
+    assert seed_table(kept, ["budget.name"], ["m"])["n_seeds"].item() == 3
+
+
+def test_logging_options_and_the_seed_are_not_part_of_a_configuration(tmp_path):
+    runs = tmp_path / "runs"
+    demo = {"mse_heldout": 0.1, "nfe_forward": 10.0, "nfe_eval": 20.0, "wall_time_s": 1.0}
+    record(runs, "ode_demo", ["budget=smoke"], demo, 0)
+    record(runs, "ode_demo", ["budget=smoke", "budget.log_every=7", "run_root=elsewhere", "quiet=true"], demo, 1)
+    record(runs, "ode_demo", ["budget=smoke", "budget.steps=9"], demo, 2)
+    df = load_runs(runs)
+    ids = dict(zip(df["seed"], df["config_id"]))
+    assert ids[0] == ids[1] != ids[2]
+
+
+def _demo(root: Path, budget: str, seed: int = 0, mse: float = 0.1) -> Path:
+    return record(root, "ode_demo", [f"budget={budget}"], {"mse_heldout": mse, "nfe_forward": 10.0, "nfe_eval": 20.0,
+                                                            "wall_time_s": 1.0}, seed, name=f"budget={budget},seed={seed}")
+
+
+def test_tables_at_every_budget_go_to_their_own_folder_and_never_to_the_published_ones(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    published = tmp_path / "results" / "tables" / "ode_demo.md"
+    published.parent.mkdir(parents=True)
+    published.write_text("the published table\n")
+    runs = tmp_path / "results" / "runs"
+    _demo(runs, "cpu")
+    _demo(runs, "smoke")
+    assert load_script("make_tables").main([]) == 0
+    assert published.read_text() == "the published table\n"
+    for budget in ("cpu", "smoke"):
+        md = (tmp_path / "results" / "local" / budget / "tables" / "ode_demo.md").read_text()
+        assert f"| {budget} |" in md and "| 1 |" in md  # one budget, one seed each
+
+
+def test_make_figures_honours_budget_and_skips_experiments_without_runs(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    _demo(tmp_path / "results" / "runs", "smoke")  # no arrays: nothing to draw
+    assert load_script("make_figures").main(["--budget", "smoke"]) == 0
+    err = capsys.readouterr().err
+    assert "mnist (budget smoke): skipped" in err and "ode_demo (budget smoke): skipped" in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "results" / "figures").exists()  # nothing published
+    assert load_script("make_figures").main(["--budget", "smoke", "--experiment", "ode_demo"]) == 1  # asked for it
+
+
+def test_one_experiments_problem_does_not_stop_the_others(tmp_path, capsys):
+    runs, out = tmp_path / "runs", tmp_path / "out"
+    _demo(runs, "smoke")
+    record(runs, "latent_ode", ["model=rnn", "data.n_obs=30", "budget=smoke"], {"val_rmse": 1.0}, 0)  # no test_rmse
+    assert load_script("make_tables").main(["--runs", str(runs), "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "error: latent_ode at budget smoke:" in err and "Traceback" not in err
+    assert (out / "tables" / "ode_demo.md").exists()
+
+
+def test_publish_refuses_smoke_and_another_budget(tmp_path):
+    from ndode.report.outputs import check_publish
+
+    with pytest.raises(ValueError, match="budget smoke is never published"):
+        check_publish("ode_demo", "smoke", root=tmp_path)
+    (tmp_path / "summary").mkdir()
+    (tmp_path / "summary" / "ode_demo.csv").write_text("run,budget.name\nx,cpu\n")
+    check_publish("ode_demo", "cpu", root=tmp_path)
+    with pytest.raises(ValueError, match=r"made at budget cpu .*publishing budget paper would replace"):
+        check_publish("ode_demo", "paper", root=tmp_path)
+
+
+def test_publish_needs_one_budget(tmp_path, capsys):
+    (tmp_path / "runs").mkdir()
+    assert load_script("make_tables").main(["--runs", str(tmp_path / "runs"), "--publish"]) == 2
+    assert "--publish needs exactly one --budget" in capsys.readouterr().err
+    assert set(TABLES) == {"ode_demo"}
