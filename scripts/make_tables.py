@@ -38,7 +38,7 @@ from ndode.report.tables import TABLES, markdown_table, runs_table, seed_table, 
 
 def _summary(part, out: Path, name: str, drop_prefixes=("logger.",), drop=("run_root", "quiet")) -> Path:
     """results/summary/<name>.csv: one row per run, without the columns that say nothing about the result."""
-    keep = [c for c in part.columns if not c.startswith(drop_prefixes) and c not in drop]
+    keep = [c for c in part.columns if not c.startswith(drop_prefixes) and c not in drop and c != "config_json"]
     path = out / "summary" / f"{name}.csv"
     atomic_write_text(path, part[keep].to_csv(index=False))
     return path
