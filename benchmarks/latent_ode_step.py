@@ -26,7 +26,7 @@ from ndode.data.spirals import make_spirals
 from ndode.models.latent_ode import LatentODE, latent_ode_elbo
 
 from . import peers as P
-from .timing import CallCounter, gradients_then_times, variant_value
+from .timing import CallCounter, device_of, gradients_then_times, variant_value
 
 NAME = "latent_ode_step"
 SIZES = {
@@ -47,12 +47,13 @@ def _variants(peers):
 
 def run(sizes: dict, peers=P.PEERS) -> pd.DataFrame:
     torch.manual_seed(0)
-    model = LatentODE()
+    dev = device_of(sizes)
+    model = LatentODE().to(dev)
     data = make_spirals(sizes["n_spirals"], sizes["n_obs"], noise_std=OBS_STD, seed=0)
-    x_obs, t_obs = data.observed()
+    x_obs, t_obs = (a.to(dev) for a in data.observed())
     w = data.n_window
-    t_grid, x_win, mask = data.t[:w], data.noisy[:, :w], data.mask
-    eps = torch.randn(len(data), model.latent_dim, generator=torch.Generator().manual_seed(1))
+    t_grid, x_win, mask = data.t[:w].to(dev), data.noisy[:, :w].to(dev), data.mask.to(dev)
+    eps = torch.randn(len(data), model.latent_dim, generator=torch.Generator().manual_seed(1)).to(dev)
     counter = CallCounter(model.dynamics)
     nfe = {}
 
@@ -82,13 +83,14 @@ def run(sizes: dict, peers=P.PEERS) -> pd.DataFrame:
         nfe[(lib, mode)] = count()
 
     variants = _variants(peers)
-    grads, tm = gradients_then_times(step, variants, list(model.parameters()), sizes)
+    grads, tm, reads = gradients_then_times(step, variants, list(model.parameters()), sizes)
     ref = grads.get(("torchdiffeq", "adjoint"))
     rows = []
     for lib, mode in variants:
         name = f"{lib} {mode}"
         rows.append(dict(variant=name, library=lib, mode=mode, n_spirals=len(data), n_obs=data.n_obs, tol=TOL,
                          nfe_forward=nfe[(lib, mode)][0], nfe_backward=nfe[(lib, mode)][1],
+                         host_reads=reads[(lib, mode)], device=str(dev),
                          step_s=tm[name].wall, step_cpu_s=tm[name].cpu, reps=len(tm[name].wall_samples),
                          spread=tm[name].spread,
                          grad_rel_diff_vs_torchdiffeq_adjoint=(float((grads[(lib, mode)] - ref).norm() / ref.norm())

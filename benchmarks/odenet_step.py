@@ -30,7 +30,7 @@ import ndode
 from ndode.models.mnist import build_mnist_model
 
 from . import peers as P
-from .timing import CallCounter, interleaved, variant_value
+from .timing import CallCounter, HostReads, device_of, interleaved, variant_value
 
 NAME = "odenet_step"
 SIZES = {
@@ -50,7 +50,7 @@ class NdodeBlock(nn.Module):
         self.stats = None
 
     def forward(self, x):
-        t = torch.tensor([0.0, 1.0], dtype=x.dtype)
+        t = torch.tensor([0.0, 1.0], dtype=x.dtype, device=x.device)
         sol = ndode.solve(self.func, x, t, rtol=TOL, atol=TOL, method="dopri5",
                           adjoint=ndode.BacksolveAdjoint(options={"norm": self.norm}))
         self.stats = sol.stats
@@ -68,7 +68,7 @@ class DirectBlock(nn.Module):
         self.func, self.tol = func, tol
 
     def forward(self, x):
-        t = torch.tensor([0.0, 1.0], dtype=x.dtype)
+        t = torch.tensor([0.0, 1.0], dtype=x.dtype, device=x.device)
         return ndode.odeint(self.func, x, t, rtol=self.tol, atol=self.tol)[-1]
 
 
@@ -84,7 +84,7 @@ class TorchdiffeqBlock(nn.Module):
     def forward(self, x):
         import torchdiffeq
 
-        t = torch.tensor([0.0, 1.0], dtype=x.dtype)
+        t = torch.tensor([0.0, 1.0], dtype=x.dtype, device=x.device)
         opts = {"norm": "seminorm"} if self.norm == "seminorm" else None
         self.func.n = 0
         ys = torchdiffeq.odeint_adjoint(self.func, x, t, rtol=TOL, atol=TOL, method="dopri5", adjoint_options=opts)
@@ -104,10 +104,11 @@ def _variants(peers):
 
 def run(sizes: dict, peers=P.PEERS) -> pd.DataFrame:
     torch.manual_seed(0)
-    base = build_mnist_model("odenet")
+    dev = device_of(sizes)
+    base = build_mnist_model("odenet").to(dev)
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(sizes["batch"], 1, 28, 28, generator=g)
-    y = torch.randint(0, 10, (sizes["batch"],), generator=g)
+    x = torch.randn(sizes["batch"], 1, 28, 28, generator=g).to(dev)
+    y = torch.randint(0, 10, (sizes["batch"],), generator=g).to(dev)
     loss_fn = nn.CrossEntropyLoss()
     models = {}
     for lib, norm in _variants(peers):
@@ -126,9 +127,11 @@ def run(sizes: dict, peers=P.PEERS) -> pd.DataFrame:
             return block.nfe()
         return block.nfe_forward, block.nfe_backward
 
-    counts, grads = {}, {}
+    counts, grads, reads = {}, {}, {}
     for name, m in models.items():
-        step(m)
+        with HostReads() as r:
+            step(m)
+        reads[name] = r.total
         counts[name] = nfe(m)
         grads[name] = torch.cat([p.grad.reshape(-1) for p in m.features.func.parameters()])
     tm = interleaved({n: (lambda m=m: step(m)) for n, m in models.items()},
@@ -152,7 +155,8 @@ def run(sizes: dict, peers=P.PEERS) -> pd.DataFrame:
     for name, m in models.items():
         lib, norm = name.split(" (")
         rows.append(dict(variant=name, library=lib, norm=norm.rstrip(")"), batch=sizes["batch"],
-                         nfe_forward=counts[name][0], nfe_backward=counts[name][1],
+                         nfe_forward=counts[name][0], nfe_backward=counts[name][1], host_reads=reads[name],
+                         device=str(dev),
                          step_s=tm[name].wall, step_cpu_s=tm[name].cpu, reps=len(tm[name].wall_samples),
                          spread=tm[name].spread,
                          grad_rel_diff_vs_torchdiffeq_full=(float((grads[name] - ref).norm() / ref.norm())

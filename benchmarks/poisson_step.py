@@ -88,7 +88,7 @@ def run(sizes: dict, peers=P.PEERS) -> pd.DataFrame:
         nfe[(lib, mode)] = count()
 
     variants = _variants(peers)
-    grads, tm = gradients_then_times(step, variants, list(model.parameters()), sizes)
+    grads, tm, _ = gradients_then_times(step, variants, list(model.parameters()), sizes)
     ref = grads[("ndode", "direct")]
     out = []
     for lib, mode in variants:

@@ -22,7 +22,8 @@ from typing import Callable
 
 import torch
 
-__all__ = ["Timing", "interleaved", "machine_info", "CallCounter", "peak_rss_reset", "peak_rss_bytes"]
+__all__ = ["Timing", "interleaved", "machine_info", "CallCounter", "peak_rss_reset", "peak_rss_bytes", "HostReads",
+           "device_of", "sync"]
 
 
 @dataclass
@@ -42,6 +43,49 @@ class Timing:
             return (s[-1] - s[0]) / self.wall if self.wall else 0.0
         q = statistics.quantiles(s, n=4)
         return (q[2] - q[0]) / self.wall if self.wall else 0.0
+
+
+def device_of(sizes: dict) -> torch.device:
+    """The device a benchmark runs on: ``sizes["device"]`` (``scripts/gpu_check.py`` sets ``cuda``), else the CPU."""
+    return torch.device(sizes.get("device", "cpu"))
+
+
+def sync() -> None:
+    """Wait for queued CUDA work, so a timed call ends when its kernels do (nothing to wait for on the CPU)."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
+class HostReads:
+    """Counts reads of a tensor's value from the host (``.item()``, ``float(t)``, ``bool(t)``, ``.tolist()``...)
+    while the ``with`` block runs. On CUDA each one is a host synchronisation: the host waits for the device.
+
+    ``with HostReads() as reads: step()`` then ``reads.total`` (and ``reads.counts`` by method).
+    """
+
+    METHODS = ("item", "tolist", "__float__", "__int__", "__bool__", "__index__")
+
+    def __enter__(self):
+        import collections
+
+        self.counts = collections.Counter()
+        self._saved = {name: getattr(torch.Tensor, name) for name in self.METHODS}
+        for name, original in self._saved.items():
+            def counted(t, *args, _original=original, _name=name, **kwargs):
+                self.counts[_name] += 1
+                return _original(t, *args, **kwargs)
+
+            setattr(torch.Tensor, name, counted)
+        return self
+
+    def __exit__(self, *exc):
+        for name, original in self._saved.items():
+            setattr(torch.Tensor, name, original)
+        return False
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
 
 
 def _calibrate(fn: Callable[[], object], target_s: float, max_calls: int) -> int:
@@ -80,6 +124,7 @@ def interleaved(
             c0, w0 = time.thread_time(), time.perf_counter()
             for _ in range(m):
                 fn()
+            sync()
             w1, c1 = time.perf_counter(), time.thread_time()
             if r >= warmup:
                 wall[n].append((w1 - w0) / m)
@@ -180,15 +225,17 @@ def machine_info() -> dict:
 
 def gradients_then_times(step, variants, params, sizes: dict) -> tuple[dict, dict]:
     """Run ``step(lib, mode)`` once per variant, keeping the flattened gradient of ``params`` after each; then time
-    every variant side by side (:func:`interleaved`, one call per sample). Returns ``(grads, timings)``, keyed by
-    the variant and by ``"lib mode"``."""
-    grads = {}
+    every variant side by side (:func:`interleaved`, one call per sample). Returns ``(grads, timings, host_reads)``,
+    keyed by the variant, by ``"lib mode"`` and by the variant (host reads of the first, untimed call)."""
+    grads, reads = {}, {}
     for v in variants:
-        step(*v)
+        with HostReads() as r:
+            step(*v)
+        reads[v] = r.total
         grads[v] = torch.cat([p.grad.reshape(-1) for p in params])
     tm = interleaved({f"{lib} {mode}": (lambda v=(lib, mode): step(*v)) for lib, mode in variants},
                      reps=sizes["reps"], warmup=sizes["warmup"], target_s=None)
-    return grads, tm
+    return grads, tm, reads
 
 
 def variant_value(df, variant: str, col: str) -> float:

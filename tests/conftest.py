@@ -14,3 +14,19 @@ import pytest  # noqa: E402
 def device(request):
     """The core tests that take ``device`` run on every device present (a GPU machine runs the same suite)."""
     return torch.device(request.param)
+
+
+def _needs_cuda(item) -> bool:
+    """A test that runs on CUDA: parametrised with a CUDA device, or skipped where CUDA is missing."""
+    callspec = getattr(item, "callspec", None)
+    if callspec is not None and any(str(v) == "cuda" or getattr(v, "type", None) == "cuda"
+                                    for v in callspec.params.values()):
+        return True
+    return any("cuda" in str(m.kwargs.get("reason", "")).lower() for m in item.iter_markers("skipif"))
+
+
+def pytest_collection_modifyitems(config, items):
+    # `pytest -m cuda`: the tests a GPU machine adds (scripts/gpu_check.py runs them there)
+    for item in items:
+        if _needs_cuda(item):
+            item.add_marker(pytest.mark.cuda)

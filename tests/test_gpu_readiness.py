@@ -89,3 +89,29 @@ def test_the_core_never_imports_the_adjoint():
         bad = [m for m in _imports(pkg / name) if "adjoint" in m]
         assert not bad, f"ndode/{name} imports {bad}"
     assert any(m.startswith("._core") for m in _imports(pkg / "adjoint.py"))
+
+
+@pytest.mark.slow
+def test_gpu_check_rehearsal_on_cpu(tmp_path):
+    """scripts/gpu_check.py, the script the first GPU machine runs, rehearsed here on one experiment and two
+    benchmarks (`make gpu-check DEVICE=cpu` is the whole rehearsal): every step runs and the files come back."""
+    import csv
+    import subprocess
+    import sys
+
+    repo = pathlib.Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "scripts/gpu_check.py", "--device", "cpu", "--out", str(tmp_path),
+                           "--experiments", "ode_demo", "--benchmarks", "cnf_step,diffrax_mlp",
+                           "--tests", "tests/test_gpu_readiness.py"],
+                          cwd=repo, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = list(csv.DictReader(open(tmp_path / "checks.csv")))
+    assert [r["step"] for r in rows] == ["1 install", "2 tests", "3 smoke", "4 paper slice", "5 benchmark",
+                                         "5 benchmark"]
+    assert all(r["ok"] == "True" for r in rows)
+    paper = list(csv.DictReader(open(tmp_path / "paper_budget.csv")))
+    assert paper[0]["experiment"] == "ode_demo" and float(paper[0]["s_per_step"]) > 0
+    assert int(paper[0]["paper_steps"]) == 5050
+    bench = list(csv.DictReader(open(tmp_path / "bench_cnf_step.csv")))
+    assert all(int(r["host_reads"]) > 0 for r in bench)  # counted: one per attempted step and a few more
+    assert "| 4 paper slice | ode_demo | yes |" in (tmp_path / "summary.md").read_text()
