@@ -130,7 +130,7 @@ BUDGET_UNITS = ("iter", "epoch")
 # Keys that do not change what a run computes: left out of run names and of
 # the config comparison made when a run directory is reused.
 NAME_EXCLUDED_KEYS = ("seed", "budget", "run_root", "device", "quiet", "threads", "nonfinite_skips", "logger",
-                      "logger.wandb", "logger.mode", "logger.project", "logger.entity")
+                      "logger.wandb", "logger.mode", "logger.project", "logger.entity", "logger.verbose")
 
 
 @dataclass
@@ -192,6 +192,7 @@ class LoggerConfig:
     mode: Optional[str] = None  # online | offline | disabled; $WANDB_MODE wins when set; None: offline
     project: str = "ndode"
     entity: Optional[str] = None
+    verbose: bool = False  # W&B's own console lines (run banner, history, sync hint); off: the run's own lines only
 
     def validate(self, path: str) -> None:
         if self.mode is not None and self.mode not in WANDB_MODES:

@@ -574,7 +574,8 @@ class Runner:
             enabled=bool(cfg.logger.wandb) and self.rank == 0, mode=cfg.logger.mode, project=cfg.logger.project,
             entity=cfg.logger.entity, run_dir=record.dir, name=self.name, group=cfg.experiment,
             tags=[f"budget={budget.name}"] + ([f"model={model_name}"] if model_name else []),
-            config={**self.config, "run_dir": str(record.dir)}, goals=self.task.goals, quiet=cfg.quiet)
+            config={**self.config, "run_dir": str(record.dir)}, goals=self.task.goals,
+            quiet=cfg.quiet or not cfg.logger.verbose)
         self.means = _Means(self.hstate["means"])
         self.t0, self.elapsed0 = time.perf_counter(), float(self.hstate["elapsed"])
         self.last_line = (self.t0, self.start)  # (time, unit) of the last console line: the ETA's pace
