@@ -11,11 +11,14 @@ CNF, latent-ODE and demo experiments, an epoch for MNIST. The budget says how
 many units a run has and how often to log, evaluate, checkpoint and print.
 
 Faults it handles (docs/harness.md, "When things go wrong"): one process per
-run directory (a ``flock``), the previous checkpoint kept and used when the
-newest cannot be read, SIGTERM/SIGINT/SIGUSR2 finish the unit, checkpoint and
-stop, non-finite metrics stop the run (or skip the unit, ``nonfinite_skips``),
-failures and interruptions are recorded in ``meta.json``, and a run refused
-before its first record leaves no directory.
+run directory (a ``flock``), another run's config, meta.json or checkpoint
+refused and a corrupt one refused before anything in the directory is written,
+the previous checkpoint kept and used when the newest cannot be read,
+SIGTERM/SIGINT/SIGUSR2 finish the unit, checkpoint and stop (outside the unit
+loop: stop at once, recorded as interrupted), non-finite metrics stop the run
+(or skip the unit, ``nonfinite_skips``), failures and interruptions are
+recorded in ``meta.json``, and a run refused before its first record leaves no
+directory.
 
 Under ``torchrun`` (tasks with ``supports_ddp``) the same loop runs on every
 rank: rank 0 claims, writes and checkpoints, the others follow its decisions

@@ -17,7 +17,9 @@ then ``os.replace``), so a run killed at any instant leaves either the old or
 the new version of each file, never half of one; a failed write (a full disk)
 raises :class:`RecordWriteError` naming the file and leaves its previous
 version in place. ``metrics.jsonl`` is appended line by line; a resumed run
-first drops the records after its checkpoint and any torn last line.
+first drops the records after its checkpoint and any torn last line (a corrupt
+line before the end is reported, :func:`scan_jsonl`). A corrupt config.yaml,
+meta.json or summary.json raises :class:`RunRecordError` naming the file.
 """
 
 from __future__ import annotations
