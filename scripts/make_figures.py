@@ -72,8 +72,13 @@ def latent_ode(runs: Path, out: Path, run: str | None, budget: str | None = None
                                     "(run `make reproduce-latent-ode BUDGET=cpu` first)")
         with np.load(path) as z:
             arrays[model] = dict(z)
-    return [save_figure(plot_fig8(arrays["rnn"], arrays["latent_ode"]), out / "latent_fig8.png"),
-            save_figure(plot_fig9(arrays["latent_ode"]), out / "latent_fig9.png")]
+    n_obs = int(arrays["latent_ode"]["n_obs"])
+    fig8 = plot_fig8(arrays["rnn"], arrays["latent_ode"], title=(
+        f"Reconstruction and extrapolation from {n_obs} irregular observations (the paper's Figure 8), "
+        f"{latent_name} and its model=rnn run"))
+    fig9 = plot_fig9(arrays["latent_ode"], title=(
+        f"Varying one dimension of the latent initial state (the paper's Figure 9), {latent_name}"))
+    return [save_figure(fig8, out / "latent_fig8.png"), save_figure(fig9, out / "latent_fig9.png")]
 
 
 def cnf(runs: Path, out: Path, run: str | None, budget: str | None = None) -> list[Path]:

@@ -48,7 +48,11 @@ def test_cli_smoke_run_then_sweep_skips_it(tmp_path):
     run_dir = tmp_path / "ode_demo" / "budget=smoke,solver.method=rk4,seed=3"
     _assert_complete(run_dir)
     assert "iter 30/30" in out and "ETA" in out and "nfe_forward" in out  # console progress
-    assert (run_dir / ".hydra" / "overrides.yaml").exists()
+    # Hydra writes nothing into a run directory (configs/harness.yaml); meta.json has the overrides, and the job's
+    # log file is opened by the harness once it holds the run's lock
+    assert not (run_dir / ".hydra").exists()
+    assert json.loads((run_dir / "meta.json").read_text())["overrides"] == args
+    assert "start:" in (run_dir / "ode_demo.log").read_text()
     stamp = (run_dir / "done").stat().st_mtime_ns
     # the same job in a sweep (basic launcher): same directory, found finished, skipped
     _, out = cli("-m", *args)

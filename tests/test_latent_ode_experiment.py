@@ -84,6 +84,22 @@ def test_table2_and_figures_from_run_records(smoke_runs):
     assert len(plot_fig9(a_lat).axes) >= 2
 
 
+def test_figures_8_and_9_name_their_budget(smoke_runs, tmp_path, monkeypatch):
+    """A smoke figure must not look like a real one: its title says budget=smoke."""
+    from _experiments import load_script
+
+    make_figures, titles = load_script("make_figures"), {}
+
+    def save(fig, path):
+        titles[path.name] = fig._suptitle.get_text()
+        return path
+
+    monkeypatch.setattr(make_figures, "save_figure", save)
+    make_figures.latent_ode(smoke_runs[0], tmp_path, None, "smoke")
+    assert sorted(titles) == ["latent_fig8.png", "latent_fig9.png"]
+    assert all("budget=smoke" in t for t in titles.values()), titles
+
+
 @pytest.mark.parametrize("override, option", [
     ("data.n_obs=101", "data.n_obs"), ("data.n_obs=0", "data.n_obs"), ("data.noise_std=0", "data.noise_std"),
     ("data.noise_std=-0.5", "data.noise_std"), ("model.obs_std=0", "model.obs_std"), ("budget.lr_final=1", "lr_final"),

@@ -314,8 +314,13 @@ def test_concurrent_launches_only_one_runs(tmp_path):
     run_dir = tmp_path / "ode_demo" / run_name("budget.checkpoint_every=10,budget.steps=100000", "smoke", 0)
     first = subprocess.Popen([sys.executable, str(SCRIPT), *over], cwd=REPO, env=_env(),
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    def stable():  # what the running process is not writing now: the refused one must not write it either
+        return {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in _files(run_dir)
+                if not p.name.startswith(("metrics", "checkpoint", ".checkpoint"))}
+
     try:
-        _wait_for(run_dir / ".lock", first, "the lock", text="pid")
+        _wait_for(run_dir / "checkpoint.pt", first, "a checkpoint")
+        before = stable()
         second = subprocess.run([sys.executable, str(SCRIPT), *over], cwd=REPO, env=_env(), capture_output=True,
                                 text=True, timeout=240)
         out = second.stdout + second.stderr
@@ -323,6 +328,7 @@ def test_concurrent_launches_only_one_runs(tmp_path):
         assert f"already being run by another process (host {platform.node()} pid {first.pid} " in out, out
         assert "Traceback" not in out
         assert first.poll() is None  # the first one is still running
+        assert stable() == before  # Hydra's .hydra/*.yaml and job log of the live run untouched too
     finally:
         first.send_signal(signal.SIGTERM)
         first.communicate(timeout=60)
@@ -628,3 +634,204 @@ def test_slurm_launcher_requeues_on_preemption_and_time_out():
     from ndode.harness.loop import STOP_SIGNALS
 
     assert signal.SIGUSR2 in STOP_SIGNALS and signal.SIGTERM in STOP_SIGNALS
+
+
+# ------------------------------------------------------------------ a run directory holds one run (issue 30)
+
+
+def _snapshot(run_dir: Path) -> dict:
+    """Every file of a run directory and its bytes (the lock file aside: a refused process opens it)."""
+    return {p.relative_to(run_dir): p.read_bytes() for p in _files(run_dir) if p.name != ".lock"}
+
+
+def _interrupted(tmp_path, *extra) -> Path:
+    """A run stopped by SIGTERM at iter 15 (checkpoints at 10 and 15, metrics to 15)."""
+    with pytest.raises(RunInterrupted):
+        _run(tmp_path, _Signalled, *extra)
+    return _run_dir(tmp_path, *extra)
+
+
+def test_checkpoint_of_another_seed_is_refused(tmp_path):
+    """The issue's case: seed 1's checkpoint copied into seed 0's directory is not resumed from."""
+    from ndode.harness import RunRecordError
+
+    mine, theirs = _interrupted(tmp_path), _interrupted(tmp_path, "seed=1")
+    (mine / "checkpoint.pt").write_bytes((theirs / "checkpoint.pt").read_bytes())
+    before = _snapshot(mine)
+    with pytest.raises(RunRecordError) as err:
+        _run(tmp_path)
+    msg = str(err.value)
+    assert f"{mine / 'checkpoint.pt'} is another run's checkpoint" in msg and "seed: 1 there, 0 here" in msg
+    assert "mv " in msg and "rm -r" in msg  # what to do
+    assert _snapshot(mine) == before  # nothing rewritten, truncated or renamed
+
+
+def test_checkpoint_ahead_of_the_metrics_is_refused(tmp_path):
+    """A checkpoint of the same config but of another run directory, further on than this one's metrics."""
+    from ndode.harness import RunRecordError
+
+    done_dir = _run(tmp_path / "a")[1]  # finished: its last checkpoint is at iter 40
+    mine = _interrupted(tmp_path / "b")  # metrics to iter 15
+    (mine / "checkpoint.pt").write_bytes((done_dir / "checkpoint.pt").read_bytes())
+    before = _snapshot(mine)
+    with pytest.raises(RunRecordError, match=r"checkpoint.pt is at iter 40, but .*metrics.jsonl ends at iter 15"):
+        _run(tmp_path / "b")
+    assert _snapshot(mine) == before
+
+
+def test_checkpoint_from_before_the_identity_check_still_resumes(tmp_path, clean):
+    """Checkpoints written before they carried their run's identity resume as before (config.yaml was compared),
+    unless they are further on than one logging interval past the metrics."""
+    from ndode.harness import RunRecordError
+
+    run_dir = _interrupted(tmp_path)
+    for name in ("checkpoint.pt", "checkpoint.prev.pt"):
+        ckpt = torch.load(run_dir / name, weights_only=False)
+        del ckpt["identity"], ckpt["metrics_step"]
+        torch.save(ckpt, run_dir / name)
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    (run_dir / "metrics.jsonl").write_text("".join(f"{x}\n" for x in lines if json.loads(x)["step"] <= 5))
+    with pytest.raises(RunRecordError, match="ends at iter 5"):  # 15 > 5 + log_every
+        _run(tmp_path)
+    (run_dir / "metrics.jsonl").write_text("".join(f"{x}\n" for x in lines))
+    summary, _ = _run(tmp_path)
+    assert _strip(summary) == clean[0] and _metrics(run_dir) == clean[1]
+
+
+def test_meta_of_another_run_is_refused(tmp_path):
+    from ndode.harness import RunRecordError
+
+    mine, theirs = _interrupted(tmp_path), _interrupted(tmp_path, "seed=1")
+    (mine / "meta.json").write_bytes((theirs / "meta.json").read_bytes())
+    before = _snapshot(mine)
+    with pytest.raises(RunRecordError, match=rf"{mine / 'meta.json'} is another run's record .*rm -r"):
+        _run(tmp_path)
+    assert _snapshot(mine) == before
+
+
+@pytest.mark.parametrize("name, text", [("config.yaml", "experiment: [ode_demo\n"), ("meta.json", '{"status": "runn'),
+                                        ("meta.json", "[1, 2]")])
+def test_corrupt_record_is_refused_before_anything_changes(tmp_path, name, text):
+    """Before, meta.json was parsed after metrics.jsonl had been truncated and config.yaml rewritten."""
+    from ndode.harness import RunRecordError
+
+    run_dir = _interrupted(tmp_path)
+    (run_dir / "metrics.jsonl").write_text((run_dir / "metrics.jsonl").read_text() + '{"step": 17, "kind": "tr')
+    (run_dir / name).write_text(text)
+    before = _snapshot(run_dir)
+    with pytest.raises(RunRecordError) as err:
+        _run(tmp_path)
+    msg = str(err.value)
+    assert f"{run_dir / name} cannot be read" in msg and "Restore the file" in msg and f"rm -r '{run_dir}'" in msg
+    assert _snapshot(run_dir) == before
+
+
+def test_corrupt_metrics_line_is_reported_not_dropped_silently(tmp_path, caplog, clean):
+    run_dir = _interrupted(tmp_path)
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    lines[1] = lines[1][:10] + "\x00garbage"  # a bad block in the middle
+    (run_dir / "metrics.jsonl").write_text("".join(f"{x}\n" for x in lines) + '{"step": 16, "ki')  # and a torn end
+    with caplog.at_level("WARNING", logger="ndode.harness"):
+        _run(tmp_path)
+    warned = [r.message for r in caplog.records if "metrics.jsonl" in r.message]
+    assert len(warned) == 1 and f"{run_dir / 'metrics.jsonl'}: line 2 is not a JSON record" in warned[0], warned
+    assert _meta(run_dir)["attempts"][-1]["metrics_corrupt_lines"] == [2]  # the torn last line is normal: not listed
+
+
+# ------------------------------------------------------------------ faults on the record path: a message, no traceback
+
+
+@pytest.mark.parametrize("where", ["file", "under_a_file", "proc", "read_only"])
+def test_bad_run_root_is_an_error_line(tmp_path, where):
+    if where == "read_only" and os.geteuid() == 0:
+        pytest.skip("root writes into read-only directories")
+    (tmp_path / "file").write_text("x")
+    ro = tmp_path / "ro"
+    ro.mkdir(mode=0o555)
+    root = {"file": tmp_path / "file", "under_a_file": tmp_path / "file" / "runs", "proc": Path("/proc/ndode-runs"),
+            "read_only": ro / "runs"}[where]
+    p = subprocess.run([sys.executable, str(SCRIPT), "budget=smoke", f"run_root={root}"], cwd=REPO, env=_env(),
+                       capture_output=True, text=True, timeout=240)
+    assert p.returncode == 2, p.stdout + p.stderr
+    assert p.stderr.startswith(f"error: run_root={root}: run directories cannot be made there") and "Traceback" not in p.stderr
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["file", "ro"] and not list(ro.iterdir())
+
+
+# a run of the demo that sends itself SIGTERM in one phase ($SIGNAL_IN), as a scheduler's kill would land there
+_SIGNAL_SCRIPT = '''
+import os, signal, sys
+import hydra
+sys.path.insert(0, {tests!r})
+from _experiments import load_experiment
+from ndode.harness import run_experiment
+from ndode.harness.record import RunRecord
+
+ode_demo, PHASE = load_experiment("ode_demo"), os.environ["SIGNAL_IN"]
+
+
+def kill(phase):
+    if phase == PHASE:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+class Task(ode_demo.ODEDemoTask):
+    def __init__(self, cfg, ctx):
+        kill("setup")  # building the task: data loading
+        super().__init__(cfg, ctx)
+
+    def load_state_dict(self, state):
+        kill("resume")  # inside the checkpoint loader's `except Exception`
+        super().load_state_dict(state)
+
+    def analyze(self, run_dir):
+        kill("analyze")
+        return super().analyze(run_dir)
+
+    def make_figures(self, run_dir):
+        kill("finish")
+
+
+write_meta = RunRecord.write_meta
+def commit(self, meta):  # the final meta.json write: the signal must wait for the done marker
+    if meta.get("status") == "done":
+        kill("commit")
+    write_meta(self, meta)
+RunRecord.write_meta = commit
+
+
+@hydra.main(version_base="1.3", config_path={configs!r}, config_name="ode_demo")
+def main(cfg):
+    return run_experiment(cfg, Task)
+
+
+main()
+'''
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("phase", ["setup", "resume", "analyze", "finish", "commit"])
+def test_sigterm_outside_the_unit_loop_leaves_the_run_interrupted(tmp_path, clean, phase):
+    run_dir = _interrupted(tmp_path)  # an earlier attempt: checkpoint at iter 15
+    attempts = len(_meta(run_dir)["attempts"])
+    script = tmp_path / "signal_demo.py"
+    script.write_text(_SIGNAL_SCRIPT.format(tests=str(REPO / "tests"), configs=str(REPO / "configs")))
+    p = subprocess.run([sys.executable, str(script), *RUN, f"run_root={tmp_path}", "quiet=true"], cwd=REPO,
+                       env={**_env(), "SIGNAL_IN": phase}, capture_output=True, text=True, timeout=240)
+    out = p.stdout + p.stderr
+    assert "Traceback" not in out, out
+    meta = _meta(run_dir)
+    if phase == "commit":  # the signal came as the run was being marked done: it waits, the run is complete
+        assert p.returncode == 0 and "SIGTERM came while" in out, out
+        assert meta["status"] == "done" and (run_dir / "done").exists()
+        return
+    assert p.returncode == 128 + signal.SIGTERM, out
+    assert f"interrupted: SIGTERM during {phase} of {run_dir}" in out and "run the same command again" in out, out
+    assert meta["status"] == "interrupted" and not (run_dir / "done").exists()
+    if phase in ("setup", "resume"):  # before this attempt's record began: the directory is as it was
+        assert len(meta["attempts"]) == attempts
+        assert torch.load(run_dir / "checkpoint.pt", weights_only=False)["step"] == 15
+    else:
+        assert meta["attempts"][-1]["interrupted"]["phase"] == phase and meta["reason"] == f"SIGTERM during {phase}"
+    summary, _ = _run(tmp_path)  # the same command again
+    assert _strip(summary) == clean[0] and _metrics(run_dir) == clean[1]
+    assert _meta(run_dir)["status"] == "done"

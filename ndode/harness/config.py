@@ -130,7 +130,7 @@ BUDGET_UNITS = ("iter", "epoch")
 # Keys that do not change what a run computes: left out of run names and of
 # the config comparison made when a run directory is reused.
 NAME_EXCLUDED_KEYS = ("seed", "budget", "run_root", "device", "quiet", "threads", "nonfinite_skips", "logger",
-                      "logger.wandb", "logger.mode", "logger.project", "logger.entity")
+                      "logger.wandb", "logger.mode", "logger.project", "logger.entity", "logger.verbose")
 
 
 @dataclass
@@ -192,6 +192,7 @@ class LoggerConfig:
     mode: Optional[str] = None  # online | offline | disabled; $WANDB_MODE wins when set; None: offline
     project: str = "ndode"
     entity: Optional[str] = None
+    verbose: bool = False  # W&B's own console lines (run banner, history, sync hint); off: the run's own lines only
 
     def validate(self, path: str) -> None:
         if self.mode is not None and self.mode not in WANDB_MODES:
@@ -324,6 +325,37 @@ def run_name(override_dirname: str, budget: str, seed) -> str:
     return name
 
 
+def checked_run_root(run_root: str) -> str:
+    """``run_root`` itself, once it is known that run directories can be made under it (resolver ``ndode_run_root``).
+
+    Hydra makes the run directory before any of our code runs, so a ``run_root`` that is a file, read-only or
+    under /proc would end in a traceback from its ``mkdir`` that does not name the option. configs/harness.yaml
+    resolves Hydra's output directories through this check instead: a bad one prints an ``error:`` line naming
+    ``run_root`` and exits 2 (a SystemExit, which Hydra lets through, where it reports an Exception with a
+    traceback). Nothing is created: the check makes and removes a temporary directory in the nearest existing
+    ancestor.
+    """
+    import os
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    path = Path(run_root).expanduser().absolute()
+    existing = next(p for p in (path, *path.parents) if p.exists() or p == p.parent)
+    try:
+        if not existing.is_dir():
+            raise NotADirectoryError(f"{existing} is a file, not a directory")
+        os.rmdir(tempfile.mkdtemp(prefix=".ndode-probe-", dir=existing))
+    except OSError as e:
+        why = f"{e.strerror} ({existing})" if e.strerror else str(e)
+        print(f"error: run_root={run_root}: run directories cannot be made there: {why}. Pass a writable directory, "
+              "e.g. run_root=results/runs", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+    return run_root
+
+
+if not OmegaConf.has_resolver("ndode_run_root"):
+    OmegaConf.register_new_resolver("ndode_run_root", checked_run_root)
 if not OmegaConf.has_resolver("ndode_run_name"):
     OmegaConf.register_new_resolver("ndode_run_name", run_name)
 # `budget: auto` in a primary config's defaults list: `budget/<experiment>@budget: ${ndode_budget:${budget}}`

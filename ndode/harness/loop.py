@@ -11,11 +11,14 @@ CNF, latent-ODE and demo experiments, an epoch for MNIST. The budget says how
 many units a run has and how often to log, evaluate, checkpoint and print.
 
 Faults it handles (docs/harness.md, "When things go wrong"): one process per
-run directory (a ``flock``), the previous checkpoint kept and used when the
-newest cannot be read, SIGTERM/SIGINT/SIGUSR2 finish the unit, checkpoint and
-stop, non-finite metrics stop the run (or skip the unit, ``nonfinite_skips``),
-failures and interruptions are recorded in ``meta.json``, and a run refused
-before its first record leaves no directory.
+run directory (a ``flock``), another run's config, meta.json or checkpoint
+refused and a corrupt one refused before anything in the directory is written,
+the previous checkpoint kept and used when the newest cannot be read,
+SIGTERM/SIGINT/SIGUSR2 finish the unit, checkpoint and stop (outside the unit
+loop: stop at once, recorded as interrupted), non-finite metrics stop the run
+(or skip the unit, ``nonfinite_skips``), failures and interruptions are
+recorded in ``meta.json``, and a run refused before its first record leaves no
+directory.
 
 Under ``torchrun`` (tasks with ``supports_ddp``) the same loop runs on every
 rank: rank 0 claims, writes and checkpoints, the others follow its decisions
@@ -25,6 +28,8 @@ rank: rank 0 claims, writes and checkpoints, the others follow its decisions
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import logging
 import math
 import os
@@ -43,7 +48,8 @@ import torch
 
 from . import ddp
 from .config import NAME_EXCLUDED_KEYS, ConfigError, requested_budget, to_plain, validate
-from .record import RunError, RunLockedError, RunRecord, RunRecordError, flatten, now_iso
+from .record import (CONFIG, META, METRICS, RunError, RunLockedError, RunRecord, RunRecordError, flatten, now_iso,
+                     scan_jsonl)
 from .wandb_mirror import WandbMirror
 
 __all__ = ["Task", "RunContext", "Runner", "run_experiment", "seed_everything", "resolve_device", "hydra_run_dir",
@@ -147,45 +153,36 @@ def resolve_device(spec: str) -> torch.device:
     return torch.device(spec)
 
 
-def hydra_run_dir() -> Path | None:
-    """The output directory Hydra chose for this job, or None outside ``@hydra.main``."""
+def _hydra():
+    """This job's Hydra config (``hydra.*``), or None outside ``@hydra.main``."""
     try:
         from hydra.core.hydra_config import HydraConfig
-
-        if HydraConfig.initialized():
-            return Path(HydraConfig.get().runtime.output_dir)
     except ImportError:
-        pass
-    return None
+        return None
+    return HydraConfig.get() if HydraConfig.initialized() else None
+
+
+def hydra_run_dir() -> Path | None:
+    """The output directory Hydra chose for this job, or None outside ``@hydra.main``."""
+    h = _hydra()
+    return None if h is None else Path(h.runtime.output_dir)
 
 
 def _hydra_multirun() -> bool:
-    try:
-        from hydra.core.hydra_config import HydraConfig
-        from hydra.types import RunMode
-
-        return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-    except ImportError:
-        return False
+    h = _hydra()
+    return h is not None and h.mode is not None and h.mode.name == "MULTIRUN"
 
 
 def _hydra_overrides() -> list[str] | None:
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        if HydraConfig.initialized():
-            return list(HydraConfig.get().overrides.task)
-    except ImportError:
-        pass
-    return None
+    h = _hydra()
+    return None if h is None else list(h.overrides.task)
 
 
 def _remove_unused_hydra_dir(path: Path) -> None:
-    """Remove the directory Hydra made for a job that failed validation, if it holds only Hydra's files."""
+    """Remove the directory Hydra made for a job that failed validation (empty: Hydra writes no files into it,
+    configs/harness.yaml)."""
     try:
-        entries = list(path.iterdir())
-        if all(p.name == ".hydra" or (p.is_file() and p.suffix == ".log") for p in entries):
-            shutil.rmtree(path)
+        path.rmdir()
     except OSError:
         pass
 
@@ -206,10 +203,22 @@ def _set_rng_state(state: dict) -> None:
 
 
 def _identity(config: dict) -> dict:
-    """The config keys that decide what a run computes (for comparing a reused run directory)."""
+    """The config keys that decide what a run computes, seed and budget included (for comparing a reused run
+    directory)."""
     flat = flatten(config)
     return {k: v for k, v in flat.items() if not any(k == x or k.startswith(x + ".") for x in NAME_EXCLUDED_KEYS
                                                       if x not in ("seed", "budget"))}
+
+
+def _fingerprint(identity: dict) -> str:
+    """A short hash of a run's identity, kept in meta.json to tell its run from another."""
+    return hashlib.sha1(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _differs(a: dict, b: dict) -> str:
+    keys = sorted(k for k in set(a) | set(b) if a.get(k, "<absent>") != b.get(k, "<absent>"))
+    shown = ", ".join(f"{k}: {a.get(k, '<absent>')!r} there, {b.get(k, '<absent>')!r} here" for k in keys[:5])
+    return shown + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
 
 
 def _fmt(v) -> str:
@@ -267,6 +276,18 @@ class CheckpointError(RunRecordError):
     """No checkpoint of an unfinished run can be read."""
 
 
+class _Stopped(BaseException):
+    """A stop signal outside the unit loop (setup, resume, analyze, finish): nothing to finish, so stop at once.
+
+    A BaseException, as KeyboardInterrupt is, so that no ``except Exception`` on its way (a checkpoint that
+    fails to load, the W&B mirror) takes it for an error of its own.
+    """
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
 def _nonfinite(metrics: dict) -> dict:
     """The numeric entries of ``metrics`` that are NaN or infinite."""
     out = {}
@@ -319,8 +340,15 @@ class Runner:
         self.created: list[Path] = []  # directories this process made for the run
         self.stop_signal: int | None = None
         self.old_handlers: dict = {}
+        self.phase = "setup"  # for messages: where a stop signal found the run
+        self.in_units = False  # in the unit loop a stop signal finishes the unit; elsewhere it stops at once
+        self.deferring = False  # writing the final records: a stop signal waits until they are written
+        self.meta_started = False  # this attempt is in meta.json
+        self.log_file: logging.Handler | None = None
         self.interrupted = False
         self.checkpoint_step: int | None = None  # the unit of the last checkpoint written or loaded
+        self.metrics_steps: list[int] = []  # the steps of the records in metrics.jsonl when the run was claimed
+        self.metrics_step = 0  # the step of the last record in metrics.jsonl (kept in each checkpoint)
         self.attempt: dict = {}  # details of this attempt for meta.json (checkpoint fallback)
         self.denv = ddp.env()  # RANK, WORLD_SIZE, LOCAL_RANK (torchrun); world 1 otherwise
         self.rank, self.world = self.denv.rank, self.denv.world
@@ -350,43 +378,60 @@ class Runner:
                 raise SystemExit(128 + e.signum) from None
             raise SystemExit(f"{'config error' if isinstance(e, ConfigError) else 'error'}: {e}") from None
         finally:
+            if self.log_file is not None:  # the next job of a sweep in this process logs to its own directory
+                logging.getLogger().removeHandler(self.log_file)
+                self.log_file.close()
             ddp.shutdown(self.denv)
 
     def _run(self) -> dict:
+        old_handlers = self.catch_signals()  # from the start: a signal during setup is recorded too
         try:
             try:
-                if not self.setup():
-                    return self.record.read_summary() or {}
-                self.resume()
-            except BaseException:
-                self.abandon()
-                raise
-            summary = self.train_to_end()
+                try:
+                    if not self.setup():
+                        return self.record.read_summary() or {}
+                    self.resume()
+                except BaseException as e:
+                    if not self.abandon() and self.meta_started:
+                        self.fail(e)
+                    raise
+                summary = self.train_to_end()
+            finally:
+                if self.record is not None:
+                    self.record.unlock()
+        except _Stopped as e:
+            raise self.stopped(e.signum) from None
         finally:
-            if self.record is not None:
-                self.record.unlock()
+            self.restore_signals(old_handlers)
         log.info("done: %s | %s | %s", self.record.dir,
                  " ".join(f"{k} {_fmt(v)}" for k, v in summary.items() if isinstance(v, (int, float))),
                  _fmt_time(summary["wall_time_s"]))
         return summary
 
     def train_to_end(self) -> dict:
-        """``train``, ``analyze``, ``finish``, then the ``done`` marker; a failure is recorded in meta.json."""
+        """``train``, ``analyze``, ``finish``, then ``commit``; a failure is recorded in meta.json."""
         exit_code = 1
         try:
-            self.train()
-            self.analyze()
-            summary = self.finish()
-            exit_code = 0
+            try:
+                self.train()
+                self.analyze()
+                summary = self.finish()
+                exit_code = 0
+            finally:
+                self.mirror.finish(exit_code)  # inside: a signal while W&B finishes leaves the run interrupted
+                self.record.close()
+            self.commit()
         except BaseException as e:
             if not self.interrupted:  # interrupt() recorded its own
                 self.fail(e)
             raise
-        finally:
-            self.mirror.finish(exit_code)
-            self.record.close()
-        self.record.mark_done()
         return summary
+
+    def enter(self, phase: str) -> None:
+        """Start a phase; a stop signal that came between phases stops the run here."""
+        self.phase = phase
+        if self.stop_signal is not None and not self.interrupted:
+            raise _Stopped(self.stop_signal)
 
     def setup(self) -> bool:
         """Validate, lock and claim the run directory, build the task; False when the run is already finished."""
@@ -409,6 +454,7 @@ class Runner:
         ddp.init(self.denv, self.device)
         self.budget_requested = requested_budget(cfg)
         self.config = to_plain(cfg)
+        self.identity = _identity(self.config)
         run_dir = self.run_dir if self.run_dir is not None else hydra_dir
         if run_dir is None:
             raise RunRecordError("no run_dir given and not running under @hydra.main; pass run_dir=...")
@@ -462,7 +508,12 @@ class Runner:
         raise cls(f"{got[2]} (rank 0: {got[1]})" if cls is RunRecordError else got[2])
 
     def claim_checked(self) -> bool:
-        """Lock and claim the run directory, check a reused one's config, write ours; False: already finished."""
+        """Lock and claim the run directory and check that its config.yaml and meta.json are this run's and
+        readable, and read its metrics; False: already finished.
+
+        Nothing is written here: ``resume`` writes, once the checkpoints have been checked too, so a refused
+        run leaves the directory as it found it.
+        """
         record = self.record
         if record.done:
             log.info("skip: %s is finished (found its 'done' marker); delete the directory to run it again", record.dir)
@@ -471,24 +522,41 @@ class Runner:
         if record.done:  # finished by the process that held the lock a moment ago
             log.info("skip: %s is finished (found its 'done' marker); delete the directory to run it again", record.dir)
             return False
-        old = record.read_config()
-        if old is not None and _identity(old) != _identity(self.config):
-            a, b = _identity(old), _identity(self.config)
-            diff = sorted(k for k in set(a) | set(b) if a.get(k, "<absent>") != b.get(k, "<absent>"))
-            raise RunRecordError(
-                f"{record.dir} holds a run with a different config (differs in {diff}); "
-                "delete that directory or change the overrides/seed")
-        self.config["device"] = str(self.device)  # the record says where it ran (device is not part of the name)
-        record.write_config(self.config)
+        todo = (f"this run's directory is {record.dir}: delete it (rm -r '{record.dir}') to start this run there, "
+                "or change the overrides/seed")
+        old = record.read_config()  # a corrupt one: RunRecordError naming it
+        if old is not None and _identity(old) != self.identity:
+            raise RunRecordError(f"{record.path(CONFIG)} is another run's config (differs in "
+                                 f"{_differs(_identity(old), self.identity)}); {todo}")
+        theirs = record.read_meta().get("fingerprint")  # absent in records made before it existed: config.yaml decides
+        if theirs is not None and theirs != _fingerprint(self.identity):
+            raise RunRecordError(f"{record.path(META)} is another run's record (config fingerprint {theirs}, this "
+                                 f"run's {_fingerprint(self.identity)}: another config or seed); {todo}")
+        records, bad = scan_jsonl(record.path(METRICS))
+        if bad:  # a torn last line is normal after a kill; a bad line before the end is not
+            log.warning("resume: %s: line%s %s %s not a JSON record (left out of the record; noted in meta.json)",
+                        record.path(METRICS), "s" if len(bad) > 1 else "", ", ".join(map(str, bad)),
+                        "are" if len(bad) > 1 else "is")
+            self.attempt["metrics_corrupt_lines"] = bad
+        self.metrics_steps = [int(r.get("step") or 0) for _, _, r in records]
         return True
 
     def resume(self) -> None:
-        """Load the newest readable checkpoint, if any; start the meta record and the W&B mirror."""
+        """Load the newest readable checkpoint, if any; write the config, start the meta record and the W&B mirror.
+
+        The first writes to the run directory happen here, after every file it holds has been read and checked.
+        """
+        self.enter("resume")
         cfg, record, budget = self.cfg, self.record, self.budget
         name = self.agree(lambda: getattr(self.load_checkpoint(), "name", None))  # rank 0 picks (and falls back)
         loaded = None if name is None else record.path(name)
         if loaded is not None and self.rank != 0:  # every rank loads rank 0's checkpoint
             self.restore(torch.load(loaded, map_location="cpu", weights_only=False))
+        self.step = self.start
+        self.rename_unreadable()
+        self.config["device"] = str(self.device)  # the record says where it ran (device is not part of the name)
+        record.write_config(self.config)
+        self.metrics_step = max((s for s in self.metrics_steps if s <= self.start), default=0)
         if loaded is not None:
             dropped = record.truncate_metrics(self.start)
             log.info("resume: %s from %s at %s %d/%d (dropped %d later metric records) | %s, device %s, %s",
@@ -499,15 +567,18 @@ class Runner:
             log.info("start: %s | %s, %d %ss, device %s, %s", record.dir, self.budget_text(), budget.steps,
                      budget.unit, self.device_text(), self.processes_text())
         record.start_meta(extra={"experiment": cfg.experiment, "run_name": self.name, "overrides": _hydra_overrides(),
+                                 "fingerprint": _fingerprint(self.identity),
                                  "budget": {"requested": self.budget_requested, "resolved": budget.name},
                                  "device": {"requested": cfg.device, "resolved": str(self.device)}},
                           resumed_from=self.start if loaded is not None else None, attempt_extra=self.attempt)
+        self.meta_started = True
         model_name = self.config["model"].get("name") if isinstance(self.config.get("model"), dict) else None
         self.mirror = WandbMirror(
             enabled=bool(cfg.logger.wandb) and self.rank == 0, mode=cfg.logger.mode, project=cfg.logger.project,
             entity=cfg.logger.entity, run_dir=record.dir, name=self.name, group=cfg.experiment,
             tags=[f"budget={budget.name}"] + ([f"model={model_name}"] if model_name else []),
-            config={**self.config, "run_dir": str(record.dir)}, goals=self.task.goals, quiet=cfg.quiet)
+            config={**self.config, "run_dir": str(record.dir)}, goals=self.task.goals,
+            quiet=cfg.quiet or not cfg.logger.verbose)
         self.means = _Means(self.hstate["means"])
         self.t0, self.elapsed0 = time.perf_counter(), float(self.hstate["elapsed"])
         self.last_line = (self.t0, self.start)  # (time, unit) of the last console line: the ETA's pace
@@ -517,10 +588,11 @@ class Runner:
 
         SIGTERM/SIGINT end the current unit, checkpoint and stop (:meth:`interrupt`).
         """
+        self.enter("train")
         task, budget, hstate = self.task, self.budget, self.hstate
         task.model.train()
         progress_every = budget.progress_every or budget.eval_every or budget.steps
-        old_handlers = self.catch_signals()
+        self.in_units = True
         try:
             for step in range(self.start, budget.steps):
                 self.step = s = step + 1
@@ -549,7 +621,7 @@ class Runner:
                     self.stop_signal = stop
                     self.interrupt()
         finally:
-            self.restore_signals(old_handlers)
+            self.in_units = False
 
     def evaluate(self) -> None:
         """``Task.evaluate`` in eval mode; keeps the best value of each goal metric (a non-finite one stops the run)."""
@@ -574,6 +646,7 @@ class Runner:
 
     def analyze(self) -> None:
         """``Task.analyze`` on the trained model: its own console lines and ``analysis`` record."""
+        self.enter("analyze")
         if self.rank != 0:
             return
         log.log(self._level, "analyze: %s %s", self.cfg.experiment, self.name)
@@ -584,7 +657,8 @@ class Runner:
         log.log(self._level, "analyze: done in %s", _fmt_time(time.perf_counter() - t))
 
     def finish(self) -> dict:
-        """Summary, figures, the meta record's end time, the W&B summary and media; return the summary."""
+        """Summary, figures, the W&B summary and media; return the summary."""
+        self.enter("finish")
         hstate, record = self.hstate, self.record
         summary = dict(self.task.summary(dict(hstate["last_eval"]), dict(hstate["last_train"])))
         summary.update(self.analysis)
@@ -596,15 +670,30 @@ class Runner:
         if self.rank == 0:
             (record.dir / "figures").mkdir(exist_ok=True)
             self.task.make_figures(record.dir)
-        if record.writer:
-            meta = record.read_meta()
-            meta["finished"] = now_iso()
-            meta["status"], meta["reason"] = "done", None
-            meta["attempts"][-1].update(finished=meta["finished"], status="done")
-            record.write_meta(meta)
         self.mirror.summary(summary)
         self.mirror.media(record.dir, self.step)  # figures/*.png as images, arrays/* as tables
         return summary
+
+    def commit(self) -> None:
+        """meta.json's end time and ``done`` status, then the ``done`` marker.
+
+        A stop signal waits until both are written, so meta.json never says ``done`` without the marker.
+        """
+        self.enter("commit")
+        record, self.deferring = self.record, True
+        try:
+            if record.writer:
+                meta = record.read_meta()
+                meta["finished"] = now_iso()
+                meta["status"], meta["reason"] = "done", None
+                meta["attempts"][-1].update(finished=meta["finished"], status="done")
+                record.write_meta(meta)
+            record.mark_done()
+        finally:
+            self.deferring = False
+        if self.stop_signal is not None:
+            log.warning("%s came while %s was being marked done; the run is complete",
+                        signal.Signals(self.stop_signal).name, record.dir)
 
     # ---- the run directory: one process at a time; nothing left behind by a refused run
     def claim(self, record: RunRecord) -> None:
@@ -616,12 +705,18 @@ class Runner:
         record.lock()  # RunLockedError names the holder; nothing of its directory is touched
         self.fresh = record.writer and not any(
             record.path(n).exists() for n in ("meta.json", "metrics.jsonl", "checkpoint.pt", "checkpoint.prev.pt"))
+        h = _hydra()
+        if h is not None and record.writer:  # the job's log file, opened only now that this process holds the run
+            # (configs/harness.yaml turns Hydra's own off: it would append to a running run's log before the lock)
+            self.log_file = logging.FileHandler(record.path(f"{h.job.name}.log"), delay=True)
+            self.log_file.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+            logging.getLogger().addHandler(self.log_file)
 
-    def abandon(self) -> None:
-        """A run refused before its first record: remove its directory (if this attempt was its first)."""
+    def abandon(self) -> bool:
+        """A run refused before its first record: remove its directory (if this attempt was its first); True if so."""
         record = self.record
         if record is None or not self.fresh or record._lock_fd is None:
-            return
+            return False
         record.close()
         record.unlock()
         shutil.rmtree(record.dir, ignore_errors=True)
@@ -631,6 +726,7 @@ class Runner:
             except OSError:
                 break
         log.debug("removed %s: the run stopped before its first record", record.dir)
+        return True
 
     # ---- faults
     def snapshot(self) -> dict:
@@ -677,15 +773,23 @@ class Runner:
         """
         if self.record is None or not self.record.writer:
             return
-        reason = str(e) if isinstance(e, RunError) else _first_line(e)
-        status = "interrupted" if isinstance(e, (KeyboardInterrupt, SystemExit)) else "failed"
+        if isinstance(e, _Stopped):  # a stop signal outside the unit loop
+            name = signal.Signals(e.signum).name
+            status, reason = "interrupted", f"{name} during {self.phase}"
+            details = {"interrupted": {"signal": name, "phase": self.phase, "step": self.step, "at": now_iso()}}
+        else:
+            reason = str(e) if isinstance(e, RunError) else _first_line(e)
+            status = "interrupted" if isinstance(e, (KeyboardInterrupt, SystemExit)) else "failed"
+            details = {"failed_at_step": self.step, "ended": now_iso()}
         try:
-            self.record.set_status(status, reason=reason, failed_at_step=self.step, ended=now_iso())
+            self.record.set_status(status, reason=reason, **details)
         except Exception as write_error:  # noqa: BLE001 - the original error is what the user must see
             log.debug("could not record the failure in meta.json: %s", write_error)
 
     def catch_signals(self) -> dict:
-        """SIGTERM, SIGINT and SIGUSR2 set :attr:`stop_signal`: the loop then checkpoints and stops.
+        """SIGTERM, SIGINT and SIGUSR2, for the whole run: in the unit loop they set :attr:`stop_signal` (the loop
+        then checkpoints and stops); in the other phases they stop the run at once (:class:`_Stopped`), recorded as
+        ``interrupted``; while the final records are written they wait.
 
         SIGUSR2 is what SLURM sends ahead of a time limit or preemption with
         ``--signal=USR2@<s>`` (submitit's default): the handler that was there
@@ -706,6 +810,10 @@ class Runner:
         if self.stop_signal is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt  # a second Ctrl-C: stop now (the previous checkpoint is kept)
         self.stop_signal = signum
+        if self.deferring:
+            return
+        if not self.in_units:  # no unit to finish: the last checkpoint (if any) is what a rerun resumes from
+            raise _Stopped(signum)
         log.warning("%s: finishing %s %d, then checkpointing and stopping (Ctrl-C again stops at once)",
                     signal.Signals(signum).name, self.budget.unit, self.step)
 
@@ -722,13 +830,24 @@ class Runner:
         self.interrupted = True
         self.record.set_status("interrupted", reason=f"{name} at {b.unit} {self.step}/{b.steps}",
                                interrupted={"signal": name, "step": self.step, "at": now_iso()})
-        previous = self.old_handlers.get(self.stop_signal)
-        if callable(previous) and previous is not signal.default_int_handler:
-            log.info("%s: handing over to the handler installed before the run (%s)", name,
-                     getattr(previous, "__qualname__", previous))
-            previous(self.stop_signal, None)
+        self.hand_over(self.stop_signal)
         raise RunInterrupted(f"{name} at {b.unit} {self.step}/{b.steps} of {self.record.dir}: checkpoint written; "
                              "run the same command again to resume", self.stop_signal)
+
+    def stopped(self, signum: int) -> RunInterrupted:
+        """The error a stop signal outside the unit loop ends the run with (``fail`` recorded it)."""
+        self.hand_over(signum)
+        where = f" of {self.record.dir}" if self.record is not None else ""
+        return RunInterrupted(f"{signal.Signals(signum).name} during {self.phase}{where}: stopped before it finished; "
+                              "run the same command again to resume", signum)
+
+    def hand_over(self, signum: int) -> None:
+        """Call the handler installed before the run for this signal (a launcher's requeue), if any."""
+        previous = self.old_handlers.get(signum)
+        if callable(previous) and previous is not signal.default_int_handler:
+            log.info("%s: handing over to the handler installed before the run (%s)", signal.Signals(signum).name,
+                     getattr(previous, "__qualname__", previous))
+            previous(signum, None)
 
     # ---- helpers of the phases
     @property
@@ -757,6 +876,7 @@ class Runner:
     def emit(self, kind: str, metrics: dict) -> None:
         """One record at the current unit: metrics.jsonl and the W&B mirror."""
         self.record.append_metrics({"step": self.step, "kind": kind, "time_s": round(self.elapsed(), 3), **metrics})
+        self.metrics_step = self.step
         self.mirror.log(self.step, kind, metrics)
 
     def progress(self) -> None:
@@ -783,6 +903,8 @@ class Runner:
         hstate["means"], hstate["elapsed"] = self.means.state(), self.elapsed()
         state = {
             "version": CHECKPOINT_VERSION, "step": self.step, "saved": now_iso(),
+            # whose it is and how far metrics.jsonl went when it was written (checked on resume)
+            "identity": self.identity, "metrics_step": self.metrics_step,
             "model": task.model.state_dict(),
             "optimizer": task.optimizer.state_dict() if task.optimizer is not None else None,
             "scheduler": task.scheduler.state_dict() if task.scheduler is not None else None,
@@ -794,14 +916,20 @@ class Runner:
     def load_checkpoint(self) -> Path | None:
         """Restore the newest checkpoint that can be read; fall back on the previous one, say so; None: no checkpoint.
 
-        An unreadable newest checkpoint is renamed ``<name>.unreadable`` (kept for a look, never loaded again).
+        A checkpoint of another run (another config or seed, or ahead of metrics.jsonl) is refused, not fallen
+        back from: the directory holds files it should not, and the user must say which to keep.
         """
         errors = []
         candidates = self.record.checkpoints
         for i, path in enumerate(candidates):
             try:
                 ckpt = torch.load(path, map_location="cpu", weights_only=False)
+                if not isinstance(ckpt, dict) or "step" not in ckpt:
+                    raise ValueError("not a checkpoint of this harness")
+                self.check_checkpoint(path, ckpt)
                 self.restore(ckpt)
+            except RunRecordError:
+                raise
             except Exception as e:  # noqa: BLE001 - any failure to read or apply it: try the previous one
                 errors.append({"file": path.name, "error": _first_line(e)})
                 log.warning("resume: cannot read %s (%s)%s", path, _first_line(e),
@@ -810,10 +938,6 @@ class Runner:
             if errors:
                 log.warning("resume: fell back to %s (%s %d)", path.name, self.budget.unit, self.start)
                 self.attempt.update(checkpoint_fallback=errors, resumed_from_file=path.name)
-                for bad in errors:
-                    unreadable = self.record.path(bad["file"])
-                    if unreadable.exists():
-                        os.replace(unreadable, unreadable.with_name(unreadable.name + ".unreadable"))
             return path
         if errors:
             raise CheckpointError(
@@ -822,6 +946,32 @@ class Runner:
                 + f". To start this run over, delete its directory (rm -r '{self.record.dir}') and run the same "
                 "command again")
         return None
+
+    def check_checkpoint(self, path: Path, ckpt: dict) -> None:
+        """Refuse a checkpoint that is not this run's.
+
+        Checkpoints written before ``identity`` and ``metrics_step`` were stored pass the first check (config.yaml
+        was compared already) and must be within one logging interval of the last metrics record.
+        """
+        todo = (f"move it away (mv '{path}' /tmp/) to resume from the checkpoint before it or start over, or "
+                f"delete the directory (rm -r '{self.record.dir}')")
+        theirs = ckpt.get("identity")
+        if theirs is not None and theirs != self.identity:
+            raise RunRecordError(f"{path} is another run's checkpoint (differs in {_differs(theirs, self.identity)}); "
+                                 f"{todo}")
+        step, last = int(ckpt["step"]), max(self.metrics_steps, default=0)
+        needed = ckpt["metrics_step"] if "metrics_step" in ckpt else step - self.budget.log_every
+        if needed is not None and last < needed:
+            raise RunRecordError(
+                f"{path} is at {self.budget.unit} {step}, but {self.record.path(METRICS)} ends at {self.budget.unit} "
+                f"{last}: the checkpoint is not this record's (copied from another run directory?); {todo}")
+
+    def rename_unreadable(self) -> None:
+        """Keep the checkpoints that could not be read as ``<name>.unreadable`` (for a look; never loaded again)."""
+        for bad in self.attempt.get("checkpoint_fallback", []):
+            unreadable = self.record.path(bad["file"])
+            if self.record.writer and unreadable.exists():
+                os.replace(unreadable, unreadable.with_name(unreadable.name + ".unreadable"))
 
     def restore(self, ckpt: dict) -> None:
         """Apply a loaded checkpoint to the task, the RNGs and the loop's state."""

@@ -17,7 +17,9 @@ then ``os.replace``), so a run killed at any instant leaves either the old or
 the new version of each file, never half of one; a failed write (a full disk)
 raises :class:`RecordWriteError` naming the file and leaves its previous
 version in place. ``metrics.jsonl`` is appended line by line; a resumed run
-first drops the records after its checkpoint and any torn last line.
+first drops the records after its checkpoint and any torn last line (a corrupt
+line before the end is reported, :func:`scan_jsonl`). A corrupt config.yaml,
+meta.json or summary.json raises :class:`RunRecordError` naming the file.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from typing import Any, Iterable
 
 import yaml
 
-__all__ = ["RunRecord", "RunError", "RunRecordError", "RunLockedError", "RecordWriteError", "atomic_write_text", "atomic_write_bytes", "atomic_save", "read_jsonl",
+__all__ = ["RunRecord", "RunError", "RunRecordError", "RunLockedError", "RecordWriteError", "atomic_write_text", "atomic_write_bytes", "atomic_save", "read_jsonl", "scan_jsonl",
            "package_versions", "git_state", "now_iso", "flatten"]
 
 CONFIG, META, METRICS, SUMMARY, CHECKPOINT, PREV_CHECKPOINT, DONE, LOCK = (
@@ -175,18 +177,31 @@ def flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def read_jsonl(path: str | os.PathLike) -> list[dict]:
-    """All complete records of a JSON-lines file (a torn last line is skipped)."""
-    out = []
+def scan_jsonl(path: str | os.PathLike) -> tuple[list[tuple[int, str, dict]], list[int]]:
+    """The records of a JSON-lines file as ``(line number, line, record)`` and the numbers of the lines that
+    are not a JSON object, except a torn last line (what a kill mid-append leaves: normal, skipped unreported)."""
     p = Path(path)
-    if not p.exists():
-        return out
-    for line in p.read_text(encoding="utf-8").splitlines():
+    return _scan_lines(p.read_text(encoding="utf-8", errors="replace").splitlines() if p.exists() else [])
+
+
+def _scan_lines(lines: list[str]) -> tuple[list[tuple[int, str, dict]], list[int]]:
+    good, bad = [], []
+    for n, line in enumerate(lines, 1):
         try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
+            rec = json.loads(line)
+            if not isinstance(rec, dict):
+                raise ValueError("not an object")
+        except ValueError:
+            if n < len(lines):
+                bad.append(n)
             continue
-    return out
+        good.append((n, line, rec))
+    return good, bad
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    """All complete records of a JSON-lines file (a torn last line and corrupt lines are skipped)."""
+    return [rec for _, _, rec in scan_jsonl(path)[0]]
 
 
 def package_versions(names: Iterable[str] = PACKAGES) -> dict[str, str | None]:
@@ -276,17 +291,31 @@ class RunRecord:
             self._lock_fd = None
             os.close(fd)  # releases the flock
 
+    def _read(self, name: str, parse):
+        """``parse(text)`` of a record file (None when absent); a corrupt one raises :class:`RunRecordError` naming it."""
+        p = self.path(name)
+        if not p.exists():
+            return None
+        try:
+            obj = parse(p.read_text(encoding="utf-8"))
+            if not isinstance(obj, dict):
+                raise ValueError(f"holds a {type(obj).__name__}, not a mapping")
+        except (OSError, ValueError, yaml.YAMLError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            why = " ".join(str(e).split())[:200]
+            raise RunRecordError(
+                f"{p} cannot be read ({type(e).__name__}: {why}); nothing in {self.dir} was changed. Restore the "
+                f"file, or start this run over: delete its directory (rm -r '{self.dir}') and run the same command "
+                "again") from None
+        return obj
+
     def read_config(self) -> dict | None:
-        p = self.path(CONFIG)
-        return yaml.safe_load(p.read_text(encoding="utf-8")) if p.exists() else None
+        return self._read(CONFIG, yaml.safe_load)
 
     def read_meta(self) -> dict:
-        p = self.path(META)
-        return json.loads(p.read_text(encoding="utf-8")) if p.exists() else {}
+        return self._read(META, json.loads) or {}
 
     def read_summary(self) -> dict | None:
-        p = self.path(SUMMARY)
-        return json.loads(p.read_text(encoding="utf-8")) if p.exists() else None
+        return self._read(SUMMARY, json.loads)
 
     def read_metrics(self) -> list[dict]:
         return read_jsonl(self.path(METRICS))
@@ -311,21 +340,16 @@ class RunRecord:
             atomic_write_text(self.path(DONE), now_iso() + "\n")
 
     def truncate_metrics(self, last_step: int) -> int:
-        """Keep only complete records with ``step <= last_step``; return how many were dropped."""
+        """Keep only complete records with ``step <= last_step``, less ``analysis`` records (written after the last
+        checkpoint: a resumed run redoes its analysis); return how many lines were dropped."""
         if not self.writer:
             return 0
         p = self.path(METRICS)
         if not p.exists():
             return 0
-        lines = p.read_text(encoding="utf-8").splitlines()
-        keep = []
-        for line in lines:
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if rec.get("step", 0) <= last_step:
-                keep.append(line)
+        lines = p.read_text(encoding="utf-8", errors="replace").splitlines()
+        keep = [line for _, line, rec in _scan_lines(lines)[0]
+                if rec.get("step", 0) <= last_step and rec.get("kind") != "analysis"]
         atomic_write_text(p, "".join(f"{line}\n" for line in keep))
         return len(lines) - len(keep)
 

@@ -119,7 +119,7 @@ class WandbMirror:
 
     def __init__(self, *, enabled: bool, mode: str | None, project: str, entity: str | None, run_dir: Path,
                  name: str, group: str, tags: list[str], config: dict, goals: dict[str, str] | None = None,
-                 quiet: bool = False, run_id: str | None = None, job_type: str | None = None):
+                 quiet: bool = True, run_id: str | None = None, job_type: str | None = None):
         self.run = None
         self.mode = resolve_mode(mode) if enabled else "disabled"
         if self.mode == "disabled":
@@ -134,6 +134,8 @@ class WandbMirror:
                   "mirroring offline instead, upload later with `make sync`")
             self.mode = "offline"
         try:
+            # silent: none of W&B's own console lines (banner, run history, sync hint: most of a sweep's output);
+            # console="off": it does not capture ours. Its failures still reach us as exceptions (_fail warns)
             settings = wandb.Settings(silent=quiet, console="off", init_timeout=90)
             self.run = wandb.init(
                 project=project, entity=entity, group=group, name=name, id=run_id or _dir_id(run_dir), tags=tags,
