@@ -163,3 +163,13 @@ def test_publish_needs_one_budget(tmp_path, capsys):
     assert load_script("make_tables").main(["--runs", str(tmp_path / "runs"), "--publish"]) == 2
     assert "--publish needs exactly one --budget" in capsys.readouterr().err
     assert set(TABLES) == {"ode_demo"}
+
+
+def test_a_corrupt_record_is_left_out_with_a_line_naming_it(tmp_path, caplog):
+    runs, out = tmp_path / "runs", tmp_path / "out"
+    _demo(runs, "smoke", seed=0)
+    bad = _demo(runs, "smoke", seed=1)
+    (bad / "meta.json").write_text("{not json")
+    assert load_script("make_tables").main(["--runs", str(runs), "--out", str(out)]) == 0
+    assert f"left out {bad}: meta.json cannot be read" in caplog.text
+    assert "| 1 |" in (out / "tables" / "ode_demo.md").read_text()  # the other run is tabulated

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from .record import flatten
 
 __all__ = ["load_runs", "RUN_COLUMNS", "NON_RESULT_OPTIONS", "result_config", "config_id"]
 
+log = logging.getLogger("ndode.report")
 RUN_COLUMNS = ("run", "run_dir", "run_name", "status")
 # The one list of options that cannot change what a run computes: where its record goes, how often it logs,
 # prints and checkpoints, the W&B mirror, and where and on how many threads it ran. Everything else in the
@@ -50,6 +52,19 @@ def config_id(flat: dict) -> str:
     """A short, stable hash of :func:`result_config` (runs with equal ids differ only in their seed)."""
     text = json.dumps(result_config(flat), sort_keys=True, default=str)
     return hashlib.sha1(text.encode()).hexdigest()[:10]
+
+
+def _read(path: Path, parse) -> dict:
+    """A record file as a mapping; a corrupt one raises ValueError naming it."""
+    try:
+        obj = parse(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, yaml.YAMLError) as e:
+        raise ValueError(f"{path.name} cannot be read ({type(e).__name__}: {' '.join(str(e).split())[:160]})") from None
+    if obj is None and path.suffix == ".yaml":
+        return {}
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path.name} holds a {type(obj).__name__}, not a mapping")
+    return obj
 
 
 def _run_dirs(root: Path):
@@ -78,10 +93,13 @@ def load_runs(root: str | os.PathLike, finished_only: bool = True) -> pd.DataFra
         done = (d / "done").exists()
         if finished_only and not done:
             continue
-        config = yaml.safe_load((d / "config.yaml").read_text(encoding="utf-8")) or {}
-        meta = json.loads((d / "meta.json").read_text(encoding="utf-8"))
-        summary_path = d / "summary.json"
-        summary = json.loads(summary_path.read_text(encoding="utf-8")) if summary_path.exists() else {}
+        try:
+            config = _read(d / "config.yaml", yaml.safe_load)
+            meta = _read(d / "meta.json", json.loads)
+            summary = _read(d / "summary.json", json.loads) if (d / "summary.json").exists() else {}
+        except ValueError as e:  # one unreadable record must not hide every other run's
+            log.warning("left out %s: %s", d, e)
+            continue
         status = "done" if done else meta.get("status") if meta.get("status") in ("failed", "interrupted") else "unfinished"
         row = {"run": d.relative_to(root).as_posix(), "run_dir": d.as_posix(), "run_name": d.name, "status": status}
         if not done:
