@@ -62,7 +62,7 @@ def sweep_lines(spec: dict, key: str) -> list[str]:
     lines = []
     for optim, lrs in k["candidates"].items():
         lines.append(f"{cells} flow={flow} seed={spec['seed']} optim={optim} lr={','.join(f'{lr:g}' for lr in lrs)} "
-                     f"budget.plan.{key}.steps={k['steps']}")
+                     f"budget.plan.{key}.steps={k['steps']}" + (f" {k['extra']}" if k.get("extra") else ""))
     return lines
 
 
@@ -149,6 +149,10 @@ def main(argv=None) -> int:
     ap.add_argument("action", choices=("sweep", "choose", "report"))
     ap.add_argument("key", nargs="?", help=f"one of {list(KEYS)} (sweep, choose)")
     a = ap.parse_args(argv)
+    if a.budget == "auto":  # as the runs resolve it: paper with CUDA, else cpu
+        from ndode.harness.config import auto_budget
+
+        a.budget = auto_budget()
     try:
         spec = load_spec(a.budget)
         if a.action in ("sweep", "choose") and a.key is None:
