@@ -142,7 +142,8 @@ def cnf(runs: Path, out: Path, run: str | None, budget: str | None = None) -> li
         paths.append(save_figure(fig, out / "cnf_fig5.png"))
         rec = curves(fig5, lambda r: C.DATA_LABELS[r["data"]], lambda r: "", "nll_val")
         fig = C.plot_curves(rec, [C.DATA_LABELS[d] for d in C.FIG5_DATA if d in set(fig5["data"])], [""],
-                            title=f"Figure 5 learning curves, budget={budget}: batch NLL (lines), validation NLL (dots)",
+                            title=f"Figure 5 learning curves, budget={budget}: batch NLL (lines), validation NLL "
+                            "(dots)",
                             ylabel="NLL (nats)")
         paths.append(save_figure(fig, out / "cnf_fig5_curves.png"))
     toys = df[df["flow"] == "ffjord"]

@@ -12,7 +12,7 @@ The procedure (docs/cnf.md, "Choosing learning rates"), the same for the planar 
    of a held-out validation sample; neither is a reported number), averaged over the cells, is chosen. A candidate
    whose run failed (a non-finite loss) or is missing counts as worst.
 
-    python scripts/select_cnf.py --budget cpu sweep density_cnf     # Hydra overrides of the selection runs, one line per optimiser
+    python scripts/select_cnf.py --budget cpu sweep density_cnf     # the selection runs' overrides, a line per optimiser
     python scripts/select_cnf.py --budget cpu choose density_cnf    # the chosen `optim=... lr=...` overrides
     python scripts/select_cnf.py --budget cpu report                # <out>/tables/cnf_selection.{md,csv}
 
@@ -126,7 +126,8 @@ def selection_markdown(tables: list[pd.DataFrame], budget: str, spec: dict) -> s
                   "| --- | ---: |" + " ---: |" * (len(cells) + 1) + " --- |"]
         for _, r in t.iterrows():
             vals = " | ".join(f"{r[c]:.4f}" for c in cells)
-            lines.append(f"| {r['optim']} | {r['lr']:g} | {vals} | {r['val']:.4f} | {'**yes**' if r['chosen'] else ''} |")
+            mark = "**yes**" if r["chosen"] else ""
+            lines.append(f"| {r['optim']} | {r['lr']:g} | {vals} | {r['val']:.4f} | {mark} |")
         lines.append("")
     return "\n".join(lines)
 

@@ -221,8 +221,8 @@ def _optim_text(r: dict) -> str:
 def _cost_md(cost: pd.DataFrame) -> str:
     if cost is None or cost.empty:
         return ""
-    lines = ["| model | size | iterations | optimiser, lr | time per run (s) | NFE-F / NFE-B per it. | flat last 20 % |",
-             "| --- | ---: | ---: | --- | ---: | ---: | ---: |"]
+    lines = ["| model | size | iterations | optimiser, lr | time per run (s) | NFE-F / NFE-B per it. "
+             "| flat last 20 % |", "| --- | ---: | ---: | --- | ---: | ---: | ---: |"]
     for _, r in cost.iterrows():
         r = r.to_dict()
         nfe = (f"{r['nfe_forward']:.0f} / {r['nfe_backward']:.0f}" if r["model"] == "cnf" and
@@ -439,7 +439,8 @@ def plot_toy(arrays: dict, records: pd.DataFrame, table: pd.DataFrame, title: st
     return fig
 
 
-def plot_curves(records: pd.DataFrame, rows: list, cols: list, title: str = "", ylabel: str = "training loss") -> Figure:
+def plot_curves(records: pd.DataFrame, rows: list, cols: list, title: str = "",
+                ylabel: str = "training loss") -> Figure:
     """Learning curves, one panel per (row, col): each run's training loss (interval means) against the fraction
     of its iterations, planar flows red, CNFs blue, one line per seed; validation evaluations as dots; the last
     20 % (the convergence check's window, :func:`convergence`) shaded.
