@@ -79,7 +79,9 @@ CNF_SELECT_ROOT = results/local/select
 select-cnf: $(STAMP) ## CNF: each flow's optimiser and learning rate, chosen on validation runs (the first step of reproduce-cnf)
 	set -e; for key in density_cnf mle_cnf density_planar mle_planar; do \
 	  lines=$$($(CNF_SELECT) sweep $$key); \
-	  while IFS= read -r line; do $(CNF_RUN) run_root=$(CNF_SELECT_ROOT) $$line; done <<< "$$lines"; \
+	  while IFS= read -r line; do $(CNF_RUN) run_root=$(CNF_SELECT_ROOT) $$line \
+	    || echo "select-cnf: a $$key run failed; its candidate counts as worst (the report shows inf)" >&2; \
+	  done <<< "$$lines"; \
 	done
 	$(CNF_SELECT) --root $(CNF_SELECT_ROOT) report
 

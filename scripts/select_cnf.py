@@ -14,7 +14,8 @@ The procedure (docs/cnf.md, "Choosing learning rates"), the same for the planar 
 
     python scripts/select_cnf.py --budget cpu sweep density_cnf     # the selection runs' overrides, a line per optimiser
     python scripts/select_cnf.py --budget cpu choose density_cnf    # the chosen `optim=... lr=...` overrides
-    python scripts/select_cnf.py --budget cpu report                # <out>/tables/cnf_selection.{md,csv}
+    python scripts/select_cnf.py --budget cpu report                # results/local/cpu/tables/cnf_selection.{md,csv}
+    python scripts/select_cnf.py --budget cpu --publish report      # results/tables/ (with `make publish BUDGET=cpu`)
 
 ``make select-cnf BUDGET=cpu`` runs the sweeps and writes the report; ``make reproduce-cnf`` runs it first and passes
 each flow's choice to its runs. The tables never see these runs, and nothing is chosen on a test number.
@@ -147,6 +148,8 @@ def main(argv=None) -> int:
     ap.add_argument("--budget", required=True, help="smoke | cpu | paper")
     ap.add_argument("--root", default=str(ROOT), help="run_root of the selection runs (default: %(default)s)")
     ap.add_argument("--out", help="report folder (default: results/local/<budget>)")
+    ap.add_argument("--publish", action="store_true", help="write the report into the published results/ (beside "
+                    "the tables `make publish BUDGET=<budget>` writes; never for smoke)")
     ap.add_argument("action", choices=("sweep", "choose", "report"))
     ap.add_argument("key", nargs="?", help=f"one of {list(KEYS)} (sweep, choose)")
     a = ap.parse_args(argv)
@@ -166,7 +169,11 @@ def main(argv=None) -> int:
             print(chosen(selection_table(runs, spec, a.key)))
             return 0
         tables = [selection_table(runs, spec, k) for k in KEYS]
-        out = Path(a.out) if a.out else Path("results/local") / a.budget
+        from ndode.report.outputs import check_publish, output_root
+
+        if a.publish:
+            check_publish("cnf", a.budget)
+        out = output_root(a.out, a.publish, a.budget)
         (out / "tables").mkdir(parents=True, exist_ok=True)
         (out / "tables" / "cnf_selection.md").write_text(selection_markdown(tables, a.budget, spec), encoding="utf-8")
         pd.concat(tables).to_csv(out / "tables" / "cnf_selection.csv", index=False)

@@ -354,3 +354,14 @@ def test_selection_sweep_lines_and_the_choice_from_validation_runs():
     assert "| adam | 0.003 | 0.0400 | 0.2000 | 0.1200 | **yes** |" in md and "inf" in md
     with pytest.raises(LookupError, match="make select-cnf"):
         select.chosen(select.selection_table(pd.DataFrame(), spec, "density_cnf"))
+
+
+def test_selection_command_line_refuses_what_it_cannot_do(tmp_path, capsys):
+    assert select.main(["--budget", "smoke", "--root", str(tmp_path), "choose", "density_cnf"]) == 2
+    assert "no candidate has a finished selection run" in capsys.readouterr().err  # never the plan's defaults
+    assert select.main(["--budget", "smoke", "--root", str(tmp_path), "choose"]) == 2
+    assert "choose needs a key" in capsys.readouterr().err
+    assert select.main(["--budget", "smoke", "--root", str(tmp_path), "--publish", "report"]) == 2
+    assert "never published" in capsys.readouterr().err
+    assert select.main(["--budget", "smoke", "sweep", "mle_cnf"]) == 0
+    assert capsys.readouterr().out.splitlines()[0].startswith("data=moons size=8 flow=cnf seed=100 optim=adam")
