@@ -101,7 +101,6 @@ class CNFBudget(BudgetConfig):
     plot_samples: int = ranged(2000, ge=1)  # samples drawn in the figures
 
 
-
 @dataclass
 class ArchConfig:
     """Architecture details that the sweeps do not vary."""
@@ -120,7 +119,7 @@ class ArchConfig:
 
 @dataclass
 class CNFConfig(ExperimentConfig):
-    data: str = "U1"  # a target (U1..U4) or a data set (circles, moons, 8gaussians, ...)
+    data: str = "U1"  # a target (U1, U2c, U3c, U4c) or a data set (circles, moons, 8gaussians, ...)
     flow: str = "cnf"  # planar | cnf | ffjord
     size: int = ranged(32, ge=1)  # K planar layers | M CNF units | FFJORD hidden width
     # the run's optimiser and learning rate; default (configs/cnf.yaml): the budget plan's entry for (task, flow).
