@@ -82,16 +82,34 @@ reproduce-mnist: $(STAMP) $(MNIST_RAW) ## MNIST Table 1 + Figure 3: mlp, resnet,
 	$(PY) scripts/make_figures.py --experiment mnist --budget $(BUDGET)
 	$(PY) scripts/make_tables.py --experiment mnist --budget $(BUDGET)
 
-# CNF (paper §4): Figure 4 (targets U1, U3, U4; K = M = 2, 8, 32), Figure 5 (Two Circles, Two Moons; 64 layers/units)
-# and the FFJORD toys. At BUDGET=cpu one seed for Figure 4 and the toys, two for Figure 5 (docs/cnf.md).
-CNF_FIG4_SEEDS ?= $(SEEDS)
-CNF_FIG5_SEEDS ?= 0,1
+# CNF (paper §4): Figure 4 (targets U1, U3c, U4c; K = M = 2, 8, 32), Figure 5 (Two Circles, Two Moons; 64 layers/units)
+# and the FFJORD toys. First each flow's optimiser and learning rate are chosen on validation runs (select-cnf:
+# configs/cnf_select.yaml, records under results/local/select, never read by the tables); every Figure 4/5 run then
+# takes its flow's choice. Three seeds per Figure 4/5 cell unless SEEDS is given, one for the toys (docs/cnf.md:
+# the cpu budget's plan and wall time).
+CNF_FIG4_SEEDS ?= $(if $(filter-out default file,$(origin SEEDS)),$(SEEDS),0$(comma)1$(comma)2)
+CNF_FIG5_SEEDS ?= $(if $(filter-out default file,$(origin SEEDS)),$(SEEDS),0$(comma)1$(comma)2)
 CNF_TOY_SEEDS ?= $(SEEDS)
 CNF_RUN = $(PY) experiments/cnf.py -m budget=$(BUDGET) hydra/launcher=joblib hydra.launcher.n_jobs=$(JOBS)
+CNF_SELECT = $(PY) scripts/select_cnf.py --budget $(BUDGET)
+CNF_SELECT_ROOT = results/local/select
+.PHONY: select-cnf
 
-reproduce-cnf: $(STAMP) ## CNF vs planar flows (Figures 4, 5) and FFJORD toys at BUDGET: runs, then tables and figures
-	$(CNF_RUN) data=U1,U3,U4 flow=cnf,planar size=32,8,2 seed=$(CNF_FIG4_SEEDS)
-	$(CNF_RUN) data=circles,moons flow=cnf,planar size=64 seed=$(CNF_FIG5_SEEDS)
+select-cnf: $(STAMP) ## CNF: each flow's optimiser and learning rate, chosen on validation runs (the first step of reproduce-cnf)
+	set -e; for key in density_cnf mle_cnf density_planar mle_planar; do \
+	  lines=$$($(CNF_SELECT) sweep $$key); \
+	  while IFS= read -r line; do $(CNF_RUN) run_root=$(CNF_SELECT_ROOT) $$line \
+	    || echo "select-cnf: a $$key run failed; its candidate counts as worst (the report shows inf)" >&2; \
+	  done <<< "$$lines"; \
+	done
+	$(CNF_SELECT) --root $(CNF_SELECT_ROOT) report
+
+# a choice that cannot be made (no finished selection runs) stops the target instead of running the plan's defaults
+reproduce-cnf: select-cnf ## CNF vs planar flows (Figures 4, 5) and FFJORD toys at BUDGET: lr selection, runs, then tables and figures
+	o=$$($(CNF_SELECT) --root $(CNF_SELECT_ROOT) choose density_cnf) && $(CNF_RUN) data=U1,U3c,U4c flow=cnf size=32,8,2 seed=$(CNF_FIG4_SEEDS) $$o
+	o=$$($(CNF_SELECT) --root $(CNF_SELECT_ROOT) choose mle_cnf) && $(CNF_RUN) data=circles,moons flow=cnf size=64 seed=$(CNF_FIG5_SEEDS) $$o
+	o=$$($(CNF_SELECT) --root $(CNF_SELECT_ROOT) choose density_planar) && $(CNF_RUN) data=U1,U3c,U4c flow=planar size=32,8,2 seed=$(CNF_FIG4_SEEDS) $$o
+	o=$$($(CNF_SELECT) --root $(CNF_SELECT_ROOT) choose mle_planar) && $(CNF_RUN) data=circles,moons flow=planar size=64 seed=$(CNF_FIG5_SEEDS) $$o
 	$(CNF_RUN) data=8gaussians,checkerboard,pinwheel,2spirals,rings flow=ffjord size=64 seed=$(CNF_TOY_SEEDS)
 	$(PY) scripts/make_figures.py --experiment cnf --budget $(BUDGET)
 	$(PY) scripts/make_tables.py --experiment cnf --budget $(BUDGET)

@@ -8,7 +8,8 @@ ode_demo: results/figures/ode_demo.png, from the arrays saved by the chosen run
 (default: the cpu-budget run with default settings and seed 0, as `make demo` makes it).
 mnist: results/figures/mnist_fig3.png (the paper's Figure 3) from the ODE-Net run's sweep and metrics.
 cnf: results/figures/cnf_fig4.png, cnf_fig5.png, cnf_toy.png from the arrays and records of every finished cnf run
-at the budget (default cpu), the lowest seed's arrays for the density panels.
+at the budget (default cpu), the lowest seed's arrays for the density panels; cnf_fig4_curves.png and
+cnf_fig5_curves.png, the learning curves of every run (the convergence check's evidence).
 latent_ode: results/figures/latent_fig8.png and latent_fig9.png (the paper's Figures 8 and 9) from the
 arrays of the RNN and latent-ODE runs at n_obs = 30, seed 0.
 latent_poisson: results/figures/latent_fig7.png (the paper's Figure 7) from the Poisson-term-on run with the lowest
@@ -114,19 +115,42 @@ def cnf(runs: Path, out: Path, run: str | None, budget: str | None = None) -> li
                     got[k] = dict(z)
         return got
 
+    def curves(rows, row, col, metric):
+        """Train-loss and validation records of ``rows`` for plot_curves (panel row/col from each run)."""
+        recs = []
+        for _, r in rows.iterrows():
+            for x in read_jsonl(Path(r["run_dir"]) / "metrics.jsonl"):
+                kind, value = x.get("kind"), x.get("loss") if x.get("kind") == "train" else x.get(metric)
+                if kind in ("train", "eval") and value is not None:
+                    recs.append({"row": row(r), "col": col(r), "model": r["flow"], "run": r["run"], "kind": kind,
+                                 "step": x["step"], "steps": r["steps"], "value": value})
+        return pd.DataFrame(recs, columns=["row", "col", "model", "run", "kind", "step", "steps", "value"])
+
     paths = []
-    dens = df[df["task"] == "density"]
+    dens = df[(df["task"] == "density") & df["flow"].isin(["planar", "cnf"])]
     if len(dens):
         a = arrays(dens, lambda r: (r["data"], r["flow"], int(r["size"])))
         fig = C.plot_fig4(a, C.fig4_table(df), title=f"Density matching (paper Figure 4), budget={budget}: "
-                          "target, planar flows (K layers), CNFs (M units), final KL")
+                          "target, planar flows (K layers), CNFs (M units), final KL(q‖p)")
         paths.append(save_figure(fig, out / "cnf_fig4.png"))
+        rec = curves(dens, lambda r: r["data"], lambda r: f"K = M = {int(r['size'])}", "kl_val")
+        sizes = sorted(dens["size"].astype(int).unique())
+        fig = C.plot_curves(rec, sorted(dens["data"].unique()), [f"K = M = {k}" for k in sizes],
+                            title=f"Figure 4 learning curves, budget={budget}: batch KL(q‖p) (lines), validation KL "
+                            "(dots); shaded: the last 20 % that must be flat", ylabel="KL(q‖p) (nats)")
+        paths.append(save_figure(fig, out / "cnf_fig4_curves.png"))
     fig5 = df[df["data"].isin(C.FIG5_DATA) & df["flow"].isin(["planar", "cnf"])]
     if len(fig5):
         a = arrays(fig5, lambda r: (r["data"], r["flow"]))
         fig = C.plot_fig5(a, title=f"Noise to data (paper Figure 5), budget={budget}: planar flow K=64 vs CNF M=64, "
                           "density and samples along the flow")
         paths.append(save_figure(fig, out / "cnf_fig5.png"))
+        rec = curves(fig5, lambda r: C.DATA_LABELS[r["data"]], lambda r: "", "nll_val")
+        fig = C.plot_curves(rec, [C.DATA_LABELS[d] for d in C.FIG5_DATA if d in set(fig5["data"])], [""],
+                            title=f"Figure 5 learning curves, budget={budget}: batch NLL (lines), validation NLL "
+                            "(dots)",
+                            ylabel="NLL (nats)")
+        paths.append(save_figure(fig, out / "cnf_fig5_curves.png"))
     toys = df[df["flow"] == "ffjord"]
     if len(toys):
         a = arrays(toys, lambda r: r["data"])

@@ -64,15 +64,25 @@ def latent_ode(part, out: Path) -> list[Path]:
     return paths + [_summary(part, out, "latent_ode")]
 
 
+def cnf_records(part) -> pd.DataFrame:
+    """The ``train`` records (step, loss) of every run in ``part``, from its metrics.jsonl (a run without one: none)."""
+    from ndode.harness import read_jsonl
+
+    recs = []
+    for _, r in part.iterrows():
+        path = Path(r["run_dir"]) / "metrics.jsonl"
+        rows = [x for x in read_jsonl(path) if x.get("kind") == "train"] if path.exists() else []
+        recs += [{"run": r["run"], "step": x["step"], "loss": x.get("loss")} for x in rows]
+    return pd.DataFrame(recs, columns=["run", "step", "loss"])
+
+
 def cnf(part, out: Path) -> list[Path]:
-    """Figures 4 and 5 and the FFJORD toys: results/tables/cnf_{fig4_loss,fig5_nll,toy_nll}.{md,csv}."""
+    """Figures 4 and 5 and the FFJORD toys: results/tables/cnf_{fig4_loss,fig5_nll,toy_nll}.{md,csv}, and
+    cnf_claims.csv (each claim's verdict), cnf_training.csv (each flow's iterations, time, NFE, convergence)."""
     budget, paths = str(part["budget.name"].iloc[0]), []  # main() builds each budget on its own
 
-    def steps(rows) -> dict:
-        return {f"{C.MODEL_LABELS.get(f, f)}": int(s) for f, s in rows.groupby("flow")["steps"].max().items()}
-
     def first(col, rows):
-        return int(rows[col].iloc[0]) if len(rows) else "–"
+        return int(rows[col].iloc[0]) if len(rows) and col in rows else "–"
 
     dens = part[part["task"] == "density"]
     mle = part[part["data"].isin(C.FIG5_DATA)]
@@ -82,10 +92,15 @@ def cnf(part, out: Path) -> list[Path]:
     f5 = C.fig5_table(part) if len(mle) else pd.DataFrame(columns=["dataset", "model", "nll_mean", "nll_std",
                                                                     "n_seeds"])
     checks = C.claims(f4, f5)
-    outputs = [("cnf_fig4_loss", f4, lambda: C.fig4_markdown(f4, checks, budget, first("budget.kl_samples", dens),
-                                                             steps(dens))),
-               ("cnf_fig5_nll", f5, lambda: C.fig5_markdown(f5, checks, budget, first("budget.test_size", mle),
-                                                            steps(mle)))]
+    flows = part[part["flow"].isin(["planar", "cnf"])]
+    cost = C.cost_table(flows, C.convergence(cnf_records(flows))) if len(flows) else None
+    outputs = [("cnf_fig4_loss", f4, lambda: C.fig4_markdown(f4, checks, budget, first("budget.kl_samples", dens), cost,
+                                                           first("budget.kl_grid", dens))),
+               ("cnf_fig5_nll", f5, lambda: C.fig5_markdown(f5, checks, budget, first("budget.test_size", mle), cost))]
+    if len(checks):
+        outputs.append(("cnf_claims", checks, None))
+    if cost is not None and len(cost):
+        outputs.append(("cnf_training", cost, None))
     toys = part[part["flow"] == "ffjord"]
     if len(toys):
         tt = C.toy_table(part)
@@ -94,8 +109,10 @@ def cnf(part, out: Path) -> list[Path]:
     for name, table, md in outputs:
         if table.empty:
             continue
-        paths += [out / "tables" / f"{name}.md", out / "tables" / f"{name}.csv"]
-        atomic_write_text(paths[-2], md())
+        if md is not None:
+            paths.append(out / "tables" / f"{name}.md")
+            atomic_write_text(paths[-1], md())
+        paths.append(out / "tables" / f"{name}.csv")
         atomic_write_text(paths[-1], table.to_csv(index=False))
     return paths + [_summary(part, out, "cnf", drop_prefixes=("logger.", "budget.plan."),
                              drop=("run_root", "quiet", "run_dir"))]

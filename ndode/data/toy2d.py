@@ -10,16 +10,37 @@ Data sets (samplers ``name(n, rng) -> float32 array [n, 2]``, ``rng`` a ``numpy.
   FFJORD's ``lib/toy_data.py`` (Grathwohl et al. 2019), written again here with an explicit generator.
 
 Targets (energies ``U(z)``, unnormalised density ``exp(−U)``): U1–U4 of Rezende & Mohamed (2015), Table 1.
+Only U1 is a density on R²: exp(−U) of U2–U4 does not decay along z₁, so KL(q‖p) has no lower bound there
+(a flow lowers ``E_q[log q + U]`` without end by spreading mass along z₁; issue 24). The targets a run may use
+(:data:`TARGETS`) are U1 and the *confined* ``U2c``, ``U3c``, ``U4c``: the energy plus a smooth wall along z₁,
+:func:`wall` (our choice: the paper does not name its targets, Rezende & Mohamed's are not normalisable). The raw
+energies stay in :data:`RAW_ENERGIES` (tests show they do not normalise). Each target's ``log Z`` is computed by
+quadrature (:func:`log_z`), so a run reports the true ``KL(q‖p) = E_q[log q + U] + log Z ≥ 0``.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
-__all__ = ["DATASETS", "TARGETS", "sample_data", "energy", "make_circles", "make_moons", "check_name"]
+__all__ = ["DATASETS", "TARGETS", "RAW_ENERGIES", "PLOT_BOX", "QUAD_BOX", "WALL_AT", "WALL_SCALE", "sample_data",
+           "energy", "wall", "log_z", "quadrature_grid", "grid_kl", "outside_box", "make_circles", "make_moons",
+           "check_name"]
+
+PLOT_BOX = 4.0  # Figure 4 is drawn on [−4, 4]² (Rezende & Mohamed's plots); mass outside it is reported
+QUAD_BOX = 6.0  # log Z and the forward KL integrate over [−6, 6]²: every target's mass outside it is < 1e-6
+QUAD_N = 600  # log Z: midpoint rule, 600² cells (h = 0.02; the smooth targets converge fast: 150² agrees to 1e-7)
+# The wall that confines U2–U4 along z₁ (our choice): ½ ρ(z₁)², ρ = softplus((z₁ − a)/s) + softplus((−z₁ − a)/s)
+# with a = 3, s = 0.3. Smooth (C^∞); inside |z₁| < a − 3s it adds < 0.0012 nats; at |z₁| = 4 the density has fallen
+# by e^−5.7, so the confined targets' mass beyond |z₁| = 4 is ~1e-4 and the picture inside the plotted box is
+# Rezende & Mohamed's up to |z₁| ≈ 3 (1.5 periods of the sine). U4's lower branch reaches z₂ ≈ −4 near z₁ = 3, so
+# 2.2 % of U4c's own mass lies below the plotted box (the report prints each target's share beside the flows').
+WALL_AT = 3.0
+WALL_SCALE = 0.3
 
 
 def _shuffle(x: np.ndarray, rng) -> np.ndarray:
@@ -142,7 +163,21 @@ def _U4(z):
     return -_lse(-0.5 * (d / 0.4) ** 2, -0.5 * ((d + _w3(z)) / 0.35) ** 2)
 
 
-TARGETS = {"U1": _U1, "U2": _U2, "U3": _U3, "U4": _U4}
+def wall(z: torch.Tensor) -> torch.Tensor:
+    """The confining energy along z₁: ``½ (softplus((z₁ − a)/s) + softplus((−z₁ − a)/s))²``, a = 3, s = 0.3."""
+    z1 = z[:, 0]
+    r = F.softplus((z1 - WALL_AT) / WALL_SCALE) + F.softplus((-z1 - WALL_AT) / WALL_SCALE)
+    return 0.5 * r * r
+
+
+def _confined(u):
+    return lambda z: u(z) + wall(z)
+
+
+# Rezende & Mohamed's energies as published: only U1 is normalisable
+RAW_ENERGIES = {"U1": _U1, "U2": _U2, "U3": _U3, "U4": _U4}
+# the targets of density matching: all normalisable (U1 decays in every direction, the others are confined)
+TARGETS = {"U1": _U1, "U2c": _confined(_U2), "U3c": _confined(_U3), "U4c": _confined(_U4)}
 
 
 def check_name(name: str, option: str = "data.name") -> str:
@@ -151,8 +186,12 @@ def check_name(name: str, option: str = "data.name") -> str:
         return "target"
     if name in DATASETS:
         return "data"
+    if name in RAW_ENERGIES:
+        raise ValueError(f"{option}={name!r}: Rezende & Mohamed's {name} is not a density on R² (exp(−U) does not "
+                         f"decay along z₁, so KL(q‖p) has no lower bound); use its confined version "
+                         f"{option}={name}c (docs/cnf.md). Targets: {list(TARGETS)}")
     raise ValueError(f"{option}={name!r} is not a known target or data set; targets (density matching): "
-                     f"{sorted(TARGETS)}; data sets (maximum likelihood): {list(DATASETS)}")
+                     f"{list(TARGETS)}; data sets (maximum likelihood): {list(DATASETS)}")
 
 
 def sample_data(name: str, n: int, rng: np.random.Generator) -> torch.Tensor:
@@ -167,5 +206,52 @@ def energy(name: str, z: torch.Tensor) -> torch.Tensor:
     """The energy ``U(z)`` of target ``name`` (``exp(−U)`` is its unnormalised density)."""
     if name not in TARGETS:
         check_name(name)
-        raise ValueError(f"{name!r} is a data set, not a target density; targets: {sorted(TARGETS)}")
+        raise ValueError(f"{name!r} is a data set, not a target density; targets: {list(TARGETS)}")
     return TARGETS[name](z)
+
+
+def quadrature_grid(n: int, box: float = QUAD_BOX, dtype=torch.float64) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """The midpoint rule's nodes on ``[−box, box]²``: ``(axis [n], points [n², 2], cell area)``.
+
+    Points run over z₁ fastest (``points.reshape(n, n, 2)[i, j] = (axis[j], axis[i])``, as ``imshow`` draws)."""
+    if n < 1 or not box > 0:
+        raise ValueError(f"quadrature_grid: n={n!r} must be >= 1 and box={box!r} > 0")
+    h = 2 * box / n
+    axis = -box + h * (torch.arange(n, dtype=dtype) + 0.5)
+    pts = torch.stack(torch.meshgrid(axis, axis, indexing="xy"), -1).reshape(-1, 2)
+    return axis, pts, h * h
+
+
+def _log_integral(u, n: int, box: float) -> float:
+    _, pts, area = quadrature_grid(n, box)
+    e = torch.cat([u(c) for c in pts.split(1 << 18)])
+    return float(torch.logsumexp(-e, 0) + math.log(area))
+
+
+@functools.lru_cache(maxsize=64)
+def log_z(name: str, n: int = QUAD_N, box: float = QUAD_BOX) -> float:
+    """``log ∫ exp(−U)`` of target ``name`` over ``[−box, box]²`` by the midpoint rule on ``n²`` cells (float64).
+
+    The targets are smooth and their mass outside ``[−6, 6]²`` is below 1e-6, so the default's error is far below
+    any KL difference we report (``tests/test_cnf_targets.py``: converged in ``n`` and in ``box``)."""
+    if name not in TARGETS:
+        energy(name, torch.zeros(1, 2))  # the error that names the known targets
+    return _log_integral(TARGETS[name], n, box)
+
+
+def grid_kl(log_p: torch.Tensor, log_q: torch.Tensor, area: float) -> float:
+    """The forward ``KL(p‖q) = ∫ p (log p − log q)`` by the midpoint rule over the nodes of one grid.
+
+    ``log_p`` is the target's unnormalised log-density at the nodes, normalised here over the grid (its cell
+    masses ``wᵢ`` sum to 1, density ``wᵢ / area``); ``log_q`` is the model's normalised log-density there.
+    Cells where ``p`` underflows contribute nothing (``0 · log 0 = 0``)."""
+    log_p, log_q = log_p.double().reshape(-1), log_q.double().reshape(-1)
+    log_w = torch.log_softmax(log_p, 0)
+    w = log_w.exp()
+    keep = w > 0
+    return float((w[keep] * (log_w[keep] - math.log(area) - log_q[keep])).sum())
+
+
+def outside_box(x: torch.Tensor, box: float = PLOT_BOX) -> torch.Tensor:
+    """Which points lie outside ``[−box, box]²``."""
+    return (x.abs() > box).any(dim=1)
