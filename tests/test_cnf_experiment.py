@@ -143,15 +143,18 @@ def test_non_finite_loss_stops_with_iteration_and_nfe_and_keeps_the_last_checkpo
     assert (run_dir / "done").exists() and math.isfinite(s["kl"])
     meta = json.loads((run_dir / "meta.json").read_text())
     assert meta["attempts"][-1]["resumed_from_step"] == 4
-    # or continue with other settings: the checkpoint copied into the other run's directory
+    # the checkpoint copied into the directory of a run with other settings is refused (issue 30): its record
+    # would claim a configuration the first four iterations never had
     other = tmp_path / "other"
     other.mkdir()
     shutil.copy(tmp_path / "ckpt4.pt", other / "checkpoint.pt")
     cfg2 = compose_cnf("data=U1", "flow=cnf", "size=2", "budget.plan.density_cnf.steps=6",
                        "budget.plan.density_cnf.lr=1e-4", "solver.rtol=1e-6")
-    s2 = run_experiment(cfg2, cnf.CNFTask, run_dir=other)
-    assert math.isfinite(s2["kl"])
-    assert json.loads((other / "meta.json").read_text())["attempts"][-1]["resumed_from_step"] == 4
+    from ndode.harness.record import RunRecordError
+
+    with pytest.raises(RunRecordError, match=r"another run's checkpoint .*solver.rtol"):
+        run_experiment(cfg2, cnf.CNFTask, run_dir=other)
+    assert sorted(p.name for p in other.iterdir()) == [".lock", "checkpoint.pt"]  # nothing written but the lock
 
 
 def _runs_frame():
