@@ -334,20 +334,22 @@ def test_scheduled_sampling_feeds_back_the_models_own_predictions(time_gap):
     gaps = torch.rand(5, 12, dtype=torch.float64)
     teacher, _ = m(x, gaps)
     assert torch.equal(m.scheduled(x, gaps, 0.0)[0], teacher)
-    torch.testing.assert_close(m.scheduled(x, gaps, 1e-300)[0], teacher)  # never fed back: teacher forcing
-    # feed_prev = 1: every input after the first is the previous prediction, a free-running rollout
-    free, h, inp = [], None, x[:, :1]
-    for i in range(12):
-        p, h = m(inp, gaps[:, i:i + 1], h)
-        free.append(p)
-        inp = p
-    free = torch.cat(free, 1)
-    torch.testing.assert_close(m.scheduled(x, gaps, 1.0)[0], free)
-    torch.testing.assert_close(m.scheduled(x, gaps, 1.0)[0][:, 0], teacher[:, 0])  # the first input is observed
-    # feed_prev = 0.5: each prediction is one of the two, and both kinds occur (per sequence and step)
+    assert torch.equal(m.scheduled(x, gaps, 1e-300)[0], teacher)  # never fed back: teacher forcing
+    # feed_prev = 1: every input after the first is the model's (teacher-forced) prediction of it
+    fed = torch.cat([x[:, :1], teacher[:, :-1].detach()], 1)
+    expected, _ = m(fed, gaps)
+    assert torch.equal(m.scheduled(x, gaps, 1.0)[0], expected)
+    assert torch.equal(m.scheduled(x, gaps, 1.0)[0][:, 0], teacher[:, 0])  # the first input is always observed
+    # feed_prev = 0.5: each input is one of the two, both kinds occur (per sequence and step), about half each
     torch.manual_seed(3)
     mixed, _ = m.scheduled(x, gaps, 0.5)
-    assert not torch.allclose(mixed, teacher) and not torch.allclose(mixed, free)
+    torch.manual_seed(3)
+    own = torch.rand(5, 12, 1) < 0.5
+    own[:, 0] = False
+    assert 0.3 < float(own[:, 1:].double().mean()) < 0.7
+    expected_mixed, _ = m(torch.where(own, fed, x), gaps)
+    assert torch.equal(mixed, expected_mixed) and not torch.equal(mixed, teacher) and not torch.equal(mixed, expected)
+    # the gradient flows through the second pass only (the fed-back predictions are data, as in scheduled sampling)
     loss = rnn_nll(m, x, gaps.cumsum(1), 0.1, feed_prev=0.5)
     loss.backward()
     assert torch.isfinite(loss) and all(torch.isfinite(p.grad).all() for p in m.parameters())
