@@ -149,7 +149,7 @@ register(Experiment(
     name="latent_ode",
     title="Latent ODE vs RNNs on irregularly sampled spirals (paper Section 5, Table 2, Figures 8 and 9)",
     tables=("tables/latent_table2.csv",),
-    figures=("figures/latent_fig8.png", "figures/latent_fig9.png"),
+    figures=("figures/latent_fig8.png", "figures/latent_fig9.png", "figures/latent_learning_curves.png"),
     metrics=("test_rmse_window_noisy", "test_rmse_window_clean", "test_rmse_extrap_clean", "val_rmse_window_noisy",
              "val_rmse_extrap_clean", "nfe_forward", "step_time_s", "wall_time_s"),
     reproduce="make reproduce-latent-ode BUDGET=<budget>",
@@ -157,7 +157,8 @@ register(Experiment(
         Section("Table 2: readings (a) over the observation window and (b) over the 100 points after it",
                 (View("table", ("tables/latent_table2",), "summary"),
                  View("line", ("eval/val_rmse_window_noisy", "eval/val_rmse_extrap_clean"),
-                      title="validation RMSE during training, readings (a) noisy and (b)")),
+                      title="validation RMSE during training, readings (a) noisy and (b)"),
+                 View("image", ("figures/latent_learning_curves",), "summary")),
                 "Test RMSE per reading (a: the window's 100 timesteps, against noisy and noise-free points; b: the 100 "
                 "points after it, noise-free), median and range over seeds, each model's variant chosen on validation "
                 "(results/tables/latent_table2.csv)."),
