@@ -88,11 +88,12 @@ def latent_ode(runs: Path, out: Path, run: str | None, budget: str | None = None
     for _, r in df.iterrows():
         keys = {"model": r["model.name"], "n_obs": int(r["data.n_obs"]), "seed": int(r["seed"]),
                 "model.feed_prev": float(r.get("model.feed_prev", 0.0) or 0.0)}
-        evals += [{**keys, **rec} for rec in read_jsonl(Path(r["run_dir"]) / "metrics.jsonl") if rec.get("kind") == "eval"]
+        records = read_jsonl(Path(r["run_dir"]) / "metrics.jsonl")
+        evals += [{**keys, **rec} for rec in records if rec.get("kind") == "eval"]
     if evals:
         fig = plot_learning_curves(pd.DataFrame(evals), int(df["budget.steps"].max()),
-                                   title=f"Latent ODE vs RNNs, budget {b}: validation RMSE during training (median over "
-                                         "seeds, band: range); shaded: the last 20% of training")
+                                   title=f"Latent ODE vs RNNs, budget {b}: validation RMSE during training (median "
+                                         "over seeds, band: range); shaded: the last 20% of training")
         paths.append(save_figure(fig, out / "latent_learning_curves.png"))
     return paths
 

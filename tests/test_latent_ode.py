@@ -256,7 +256,8 @@ def test_readings_score_the_window_and_the_extrapolation_separately():
     # pooled over spirals (not a mean of per-spiral RMSEs): one bad spiral of four
     pred2 = torch.zeros(4, 200, 2)
     pred2[0, 100:] = 2.0
-    assert spiral_readings(pred2, clean, None, 100) == {"rmse_window_clean": 0.0, "rmse_extrap_clean": pytest.approx(1.0)}
+    assert spiral_readings(pred2, clean, None, 100) == {"rmse_window_clean": 0.0,
+                                                        "rmse_extrap_clean": pytest.approx(1.0)}
     with pytest.raises(ValueError, match="n_window"):
         spiral_readings(pred, clean, noisy, 200)
     with pytest.raises(ValueError, match="shape"):
