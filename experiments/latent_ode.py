@@ -112,7 +112,8 @@ class EventSpiralConfig(_SpiralSplits):
 
 @dataclass
 class LatentModelConfig:
-    name: LatentModelName = LatentModelName.latent_ode  # latent_ode | rnn | rnn_dt (model=rnn_ss, rnn_dt_ss: feed_prev 0.5)
+    # latent_ode | rnn | rnn_dt (configs model=rnn_ss, rnn_dt_ss: the RNNs with feed_prev 0.5)
+    name: LatentModelName = LatentModelName.latent_ode
     latent_dim: int = ranged(4, ge=1)
     rec_hidden: int = ranged(25, ge=1)  # recognition RNN (latent_ode)
     ode_hidden: int = ranged(20, ge=1)  # latent dynamics
