@@ -11,7 +11,8 @@ cnf: results/figures/cnf_fig4.png, cnf_fig5.png, cnf_toy.png from the arrays and
 at the budget (default cpu), the lowest seed's arrays for the density panels; cnf_fig4_curves.png and
 cnf_fig5_curves.png, the learning curves of every run (the convergence check's evidence).
 latent_ode: results/figures/latent_fig8.png and latent_fig9.png (the paper's Figures 8 and 9) from the
-arrays of the RNN and latent-ODE runs at n_obs = 30, seed 0.
+arrays of the RNN (its variant chosen on validation) and latent-ODE runs at n_obs = 30, lowest seed; and
+latent_learning_curves.png from every run's metrics.jsonl.
 latent_poisson: results/figures/latent_fig7.png (the paper's Figure 7) from the Poisson-term-on run with the lowest
 seed at the budget.
 
@@ -61,25 +62,50 @@ def mnist(runs: Path, out: Path, run: str | None, budget: str | None = None) -> 
 
 
 def latent_ode(runs: Path, out: Path, run: str | None, budget: str | None = None) -> list[Path]:
-    """Figures 8 and 9 from the runs budget=<budget>,data.n_obs=30,model=<rnn|latent_ode>,seed=0
-    (``--run`` names the latent-ODE run; the RNN run is the same name with model=rnn)."""
-    latent_name = run or f"budget={budget or 'cpu'},data.n_obs=30,model=latent_ode,seed=0"
+    """Figures 8 and 9 at n_obs = 30 from the lowest seed of the latent ODE and of the plain RNN's variant chosen on
+    the validation split (``--run`` names the latent-ODE run; the RNN run is the same name with model=rnn), and the
+    learning curves (latent_learning_curves.png) from the metrics.jsonl of every finished run at the budget."""
+    import pandas as pd
+
+    from ndode.harness import load_runs
+    from ndode.report.latent_ode import figure8_runs, plot_learning_curves
+
+    b = budget or "cpu"
+    root = runs / "latent_ode"
+    df = load_runs(root) if root.is_dir() else pd.DataFrame(columns=["budget.name"])
+    df = df[df["budget.name"] == b] if len(df) else df
+    if run:
+        dirs = {m: root / run.replace("model=latent_ode", f"model={m}") for m in ("rnn", "latent_ode")}
+    else:
+        dirs = {m: Path(d) for m, d in figure8_runs(df, b).items()} if len(df) else {}
     arrays = {}
     for model in ("rnn", "latent_ode"):
-        run_dir = runs / "latent_ode" / latent_name.replace("model=latent_ode", f"model={model}")
-        path = run_dir / "arrays" / "spirals.npz"
-        if not (run_dir / "done").exists() or not path.exists():
-            raise FileNotFoundError(f"no finished {model} run with arrays at {run_dir} "
+        run_dir = dirs.get(model)
+        path = run_dir / "arrays" / "spirals.npz" if run_dir else None
+        if path is None or not (run_dir / "done").exists() or not path.exists():
+            raise FileNotFoundError(f"no finished {model} run with arrays at n_obs = 30, budget {b}, under {root} "
                                     "(run `make reproduce-latent-ode BUDGET=cpu` first)")
         with np.load(path) as z:
             arrays[model] = dict(z)
     n_obs = int(arrays["latent_ode"]["n_obs"])
     fig8 = plot_fig8(arrays["rnn"], arrays["latent_ode"], title=(
         f"Reconstruction and extrapolation from {n_obs} irregular observations (the paper's Figure 8), "
-        f"{latent_name} and its model=rnn run"))
+        f"{dirs['latent_ode'].name} and {dirs['rnn'].name}"))
     fig9 = plot_fig9(arrays["latent_ode"], title=(
-        f"Varying one dimension of the latent initial state (the paper's Figure 9), {latent_name}"))
-    return [save_figure(fig8, out / "latent_fig8.png"), save_figure(fig9, out / "latent_fig9.png")]
+        f"Varying one dimension of the latent initial state (the paper's Figure 9), {dirs['latent_ode'].name}"))
+    paths = [save_figure(fig8, out / "latent_fig8.png"), save_figure(fig9, out / "latent_fig9.png")]
+    evals = []
+    for _, r in df.iterrows():
+        keys = {"model": r["model.name"], "n_obs": int(r["data.n_obs"]), "seed": int(r["seed"]),
+                "model.feed_prev": float(r.get("model.feed_prev", 0.0) or 0.0)}
+        records = read_jsonl(Path(r["run_dir"]) / "metrics.jsonl")
+        evals += [{**keys, **rec} for rec in records if rec.get("kind") == "eval"]
+    if evals:
+        fig = plot_learning_curves(pd.DataFrame(evals), int(df["budget.steps"].max()),
+                                   title=f"Latent ODE vs RNNs, budget {b}: validation RMSE during training (median "
+                                         "over seeds, band: range); shaded: the last 20% of training")
+        paths.append(save_figure(fig, out / "latent_learning_curves.png"))
+    return paths
 
 
 def cnf(runs: Path, out: Path, run: str | None, budget: str | None = None) -> list[Path]:

@@ -57,9 +57,13 @@ def latent_ode(part, out: Path) -> list[Path]:
     """Table 2: results/tables/latent_table2.{md,csv}, measured beside the paper's values."""
     table = table2(part)
     noise = sorted(part["data.noise_std"].unique()) if "data.noise_std" in part else []
+    # which commit(s) the runs ran at, and whether any ran from a dirty tree (issue 23: one clean commit)
+    commits = sorted(set(part["git_commit"].dropna().astype(str).str[:7])) if "git_commit" in part else []
+    dirty = bool(part["git_dirty"].fillna(False).astype(bool).any()) if "git_dirty" in part else False
+    commit = (", ".join(commits) + (" (some from a dirty tree)" if dirty else " (clean)")) if commits else None
     paths = [out / "tables" / "latent_table2.md", out / "tables" / "latent_table2.csv"]
     atomic_write_text(paths[0], "# Latent ODE vs RNNs on irregularly sampled spirals (paper Table 2), measured\n\n"
-                      + table2_markdown(table, noise_std=noise[0] if len(noise) == 1 else None))
+                      + table2_markdown(table, noise_std=noise[0] if len(noise) == 1 else None, commit=commit))
     atomic_write_text(paths[1], table.to_csv(index=False))
     return paths + [_summary(part, out, "latent_ode")]
 

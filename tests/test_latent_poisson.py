@@ -276,7 +276,7 @@ def smoke_runs(tmp_path_factory):
 def test_smoke_run_end_to_end(poisson, smoke_runs):
     s, run_dir = smoke_runs[1][(poisson, 0)]
     assert (run_dir / "done").exists() and s["poisson"] is poisson
-    assert np.isfinite(s["test_rmse"]) and s["nfe_backward"] > 0
+    assert np.isfinite(s["test_rmse_extrap_clean"]) and s["nfe_backward"] > 0
     train = [r for r in map(json.loads, open(run_dir / "metrics.jsonl")) if r["kind"] == "train"]
     assert train[-1]["loss"] < train[0]["loss"]
     a = dict(np.load(run_dir / "arrays" / "poisson.npz"))

@@ -8,7 +8,9 @@ against it.
 
 * **Spirals**: as in the latent-ODE experiment (:mod:`ndode.data.spirals`):
   windows of ``n_window + n_extrap`` grid points of the two reference spirals,
-  half clockwise, each starting at a uniformly drawn grid index. A window
+  half clockwise, each starting at a uniformly drawn grid index, validation
+  and test windows inside the span the training windows observe
+  (:func:`~ndode.data.spirals.window_starts`). A window
   starting at angle ``θ0`` is at :func:`~ndode.data.spirals.spiral_points`
   ``(θ0 + t)`` at time ``t``, so the true state is known at every real time,
   not only on the grid.
@@ -178,7 +180,8 @@ def make_spiral_events(n_spirals: int = 1000, rate: EventRate | None = None, noi
     rate = rate or EventRate()
     # a stream of its own (third key): these spirals are not the grid data's
     rng = np.random.default_rng([seed, SPLITS.index(split), 1])
-    clockwise, start = draw_windows(n_spirals, n_window, n_extrap, n_grid, rng)
+    # the same start ranges per split as the grid data: held-out windows inside what training observes
+    clockwise, start = draw_windows(n_spirals, n_window, n_extrap, n_grid, rng, split)
     theta_grid = np.linspace(0.0, 6 * math.pi, n_grid)
     t = theta_grid[: n_window + n_extrap] - theta_grid[0]
     theta0 = theta_grid[start]
