@@ -95,7 +95,7 @@ class Task:
     its shard of each global batch (``ddp.shard(indices, ctx.dist)``), and
     reduces its evaluation over the ranks (``ddp.all_sum(ctx.dist, ...)``); the
     harness averages the training metrics and, during ``train_step``, gives the
-    ``ODEBlock``\ s of ``model`` the error norm over all ranks' data
+    ``ODEBlock`` layers of ``model`` the error norm over all ranks' data
     (``ddp.synced_error_norms``). Without it a run under ``torchrun`` with more
     than one process stops at once.
     """
