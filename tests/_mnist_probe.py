@@ -36,7 +36,11 @@ class ProbedTask(mnist.MNISTTask):
     def __init__(self, cfg, ctx):
         super().__init__(cfg, ctx)
         self.model.double()  # in place: the optimizer keeps the same parameters
-        self.probe = {"rank": ctx.dist.rank, "world": ctx.dist.world, "train": {}, "eval": [], "nfe": {},
+        # where the task believes it is (ctx.dist) and where the process is (its process group, if any)
+        group = torch.distributed.is_initialized()
+        self.process = (torch.distributed.get_rank(), torch.distributed.get_world_size()) if group else (0, 1)
+        self.probe = {"task_sees": (ctx.dist.rank, ctx.dist.world), "process": self.process,
+                      "train": {}, "eval": [], "nfe": {},
                       "init": {k: v.detach().clone() for k, v in self.model.state_dict().items()}}
         self.phase = None  # the unit being trained, "eval", or None (analyze: not recorded)
         self.model.register_forward_pre_hook(self._record)
@@ -54,7 +58,7 @@ class ProbedTask(mnist.MNISTTask):
     def _save(self) -> None:
         out = Path(os.environ["NDODE_PROBE"])
         out.mkdir(parents=True, exist_ok=True)
-        torch.save(self.probe, out / f"rank{self.probe['rank']}.pt")
+        torch.save(self.probe, out / f"rank{self.process[0]}.pt")
 
     def train_step(self, step: int) -> dict:
         self.phase = step

@@ -127,7 +127,7 @@ def _one_process(model: str, data_root: Path, run_root: Path, probe: Path | None
 
 def _probes(probe: Path, world: int) -> list[dict]:
     out = [torch.load(probe / f"rank{r}.pt", weights_only=False) for r in range(world)]
-    assert [(p["rank"], p["world"]) for p in out] == [(r, world) for r in range(world)]  # each rank knew its place
+    assert [p["process"] for p in out] == [(r, world) for r in range(world)]
     return out
 
 
@@ -173,6 +173,7 @@ def test_each_rank_trains_and_evaluates_on_its_own_share(odenet_2p, odenet_1p):
     """Each unit, rank r's forward gets the r-th half of the one-process run's global batch (16 of 32 images,
     the halves disjoint); each evaluation, the ranks' test images together are the test set, each once."""
     (_, ranks), (_, one) = odenet_2p, odenet_1p
+    assert [p["task_sees"] for p in ranks] == [(0, 2), (1, 2)]  # the task knew each rank's place
     assert sorted(one["train"]) == sorted(ranks[0]["train"]) == sorted(ranks[1]["train"]) == list(range(6))
     for step, batch in one["train"].items():
         shards = [p["train"][step] for p in ranks]
