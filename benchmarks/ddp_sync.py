@@ -83,7 +83,8 @@ def _worker(rank: int, world: int, steps: int, batch: int, init_file: str, queue
                 r["reduces"].append(calls[0])
     out = {mode: dict(time=statistics.median(r["times"]), mean=statistics.mean(r["times"]), nfe=r["nfe"],
                       reduces=statistics.median(r["reduces"]),
-                      params=torch.cat([p.detach().reshape(-1) for p in r["model"].parameters()]))
+                      # plain numbers: a tensor through the queue is a handle into this process, which exits
+                      params=torch.cat([p.detach().reshape(-1) for p in r["model"].parameters()]).tolist())
            for mode, r in runs.items()}
     # one norm all-reduce alone
     t = torch.ones(1, dtype=torch.float64)
@@ -120,7 +121,8 @@ def main(argv=None) -> None:
         nfe = " / ".join(f"rank {r}: " + ",".join(f"{f}+{b}" for f, b in res[r][mode]["nfe"]) for r in sorted(res))
         print(f"{mode:>6}: step {r0[mode]['time']:.3f} s (mean {r0[mode]['mean']:.3f} s) | norm all-reduces per step {r0[mode]['reduces']:.0f} "
               f"| NFE forward+backward per step: {nfe}")
-    diff = max((res[r]["own"]["params"] - res[r]["synced"]["params"]).abs().max().item() for r in res)
+    diff = max((torch.tensor(res[r]["own"]["params"]) - torch.tensor(res[r]["synced"]["params"])).abs().max().item()
+               for r in res)
     print(f"largest parameter difference own vs synced after {a.steps + 1} steps: {diff:.2e}")
 
 
