@@ -228,8 +228,8 @@ def verdicts(df: pd.DataFrame) -> list[tuple[str, bool]]:
 def _load_text(df: pd.DataFrame) -> str:
     r = df.iloc[0]
     busy = max(r.load_before, r.load_after) > 0.5 * r.cores
-    return (f"load average {r.load_before:g} before, {r.load_after:g} after on {r.cores} cores"
-            + (" (shared with other jobs: read the ratios against the calibration's, not against the ceiling)" if busy else ""))
+    shared = " (shared with other jobs: read the ratios against the calibration's, not against the ceiling)"
+    return f"load average {r.load_before:g} before, {r.load_after:g} after on {r.cores} cores" + (shared if busy else "")
 
 
 def _speedup(df: pd.DataFrame, model: str) -> float:
