@@ -35,7 +35,7 @@ install: $(STAMP) ## create $(VENV) and install ndode with its experiment and te
 test: $(BENCH_STAMP) $(DASH_STAMP) ## run the test suite (what CI runs; installs the bench and dashboard extras too, for their tests)
 	WANDB_MODE=disabled $(PY) -m pytest -q
 
-test-ddp: $(STAMP) ## only the data-parallel tests (each starts torchrun with 2-3 CPU processes; part of make test too)
+test-ddp: $(STAMP) ## only the data-parallel tests (torchrun with 2-3 CPU workers, or 2-process gloo jobs; part of make test too)
 	WANDB_MODE=disabled $(PY) -m pytest -q -m ddp
 
 # The prepared GPU check (docs/gpu.md). Prepare here, where PyPI is reachable; run on the GPU machine, whose python3

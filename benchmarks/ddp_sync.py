@@ -8,7 +8,8 @@ two copies from the same weights side by side (a step of each in turn, so drifts
 both):
 
 - ``synced``: every adaptive solve's error norm is the RMS over all ranks'
-  data (``ndode.harness.ddp.synced_error_norms``, what the harness does): the
+  data (``ndode.harness.ddp.norm_reduce`` as the block's ``norm_reduce``, what
+  the harness does during a training step): the
   ranks take the same steps as one process on the whole batch, at the price of
   one small all-reduce per step attempt (forward and adjoint solves);
 - ``own``: each rank's solver decides on its shard alone. DDP still works (the
@@ -25,7 +26,6 @@ per step, and the time of one such all-reduce alone. Writes nothing.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import statistics
 import tempfile
@@ -35,7 +35,6 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from ndode import _core
 from ndode.harness import ddp
 from ndode.models.mnist import build_mnist_model
 from ndode.models.odeblock import ode_blocks
@@ -50,18 +49,21 @@ def _worker(rank: int, world: int, steps: int, batch: int, init_file: str, queue
     xs = torch.randn(steps + 1, batch, 1, 28, 28, generator=g)
     ys = torch.randint(0, 10, (steps + 1, batch), generator=g)
     n = batch // world
-    runs = {}
-    for mode in ("synced", "own"):  # the same initial weights; the two train side by side, a step of each in turn
-        torch.manual_seed(0)
-        model = build_mnist_model("odenet", dim=64, rtol=1e-3, atol=1e-3, method="dopri5", adjoint=True)
-        runs[mode] = dict(model=model, net=torch.nn.parallel.DistributedDataParallel(model),
-                          opt=torch.optim.SGD(model.parameters(), lr=0.025, momentum=0.9),
-                          block=next(ode_blocks(model)), times=[], nfe=[], reduces=[])
-    calls = [0]
+    reduce, calls = ddp.norm_reduce(denv), [0]
 
     def counted(v):
         calls[0] += 1
         return reduce(v)
+
+    runs = {}
+    for mode in ("synced", "own"):  # the same initial weights; the two train side by side, a step of each in turn
+        torch.manual_seed(0)
+        model = build_mnist_model("odenet", dim=64, rtol=1e-3, atol=1e-3, method="dopri5", adjoint=True)
+        block = next(ode_blocks(model))
+        block.norm_reduce = counted if mode == "synced" else None
+        runs[mode] = dict(model=model, net=torch.nn.parallel.DistributedDataParallel(model),
+                          opt=torch.optim.SGD(model.parameters(), lr=0.025, momentum=0.9),
+                          block=block, times=[], nfe=[], reduces=[])
 
     for s in range(steps + 1):  # step 0 warms up
         x, y = xs[s, rank * n:(rank + 1) * n], ys[s, rank * n:(rank + 1) * n]
@@ -70,12 +72,9 @@ def _worker(rank: int, world: int, steps: int, batch: int, init_file: str, queue
             calls[0] = 0
             dist.barrier()
             t0 = time.perf_counter()
-            with ddp.synced_error_norms(denv) if mode == "synced" else contextlib.nullcontext():
-                if mode == "synced":
-                    reduce, _core.NORM_REDUCE = _core.NORM_REDUCE, counted
-                loss = torch.nn.functional.cross_entropy(r["net"](x), y)
-                r["opt"].zero_grad(set_to_none=True)
-                loss.backward()
+            loss = torch.nn.functional.cross_entropy(r["net"](x), y)
+            r["opt"].zero_grad(set_to_none=True)
+            loss.backward()
             r["opt"].step()
             dist.barrier()  # the step ends for everyone when the slowest rank is done
             if s:
@@ -84,7 +83,8 @@ def _worker(rank: int, world: int, steps: int, batch: int, init_file: str, queue
                 r["reduces"].append(calls[0])
     out = {mode: dict(time=statistics.median(r["times"]), mean=statistics.mean(r["times"]), nfe=r["nfe"],
                       reduces=statistics.median(r["reduces"]),
-                      params=torch.cat([p.detach().reshape(-1) for p in r["model"].parameters()]))
+                      # plain numbers: a tensor through the queue is a handle into this process, which exits
+                      params=torch.cat([p.detach().reshape(-1) for p in r["model"].parameters()]).tolist())
            for mode, r in runs.items()}
     # one norm all-reduce alone
     t = torch.ones(1, dtype=torch.float64)
@@ -121,7 +121,8 @@ def main(argv=None) -> None:
         nfe = " / ".join(f"rank {r}: " + ",".join(f"{f}+{b}" for f, b in res[r][mode]["nfe"]) for r in sorted(res))
         print(f"{mode:>6}: step {r0[mode]['time']:.3f} s (mean {r0[mode]['mean']:.3f} s) | norm all-reduces per step {r0[mode]['reduces']:.0f} "
               f"| NFE forward+backward per step: {nfe}")
-    diff = max((res[r]["own"]["params"] - res[r]["synced"]["params"]).abs().max().item() for r in res)
+    diff = max((torch.tensor(res[r]["own"]["params"]) - torch.tensor(res[r]["synced"]["params"])).abs().max().item()
+               for r in res)
     print(f"largest parameter difference own vs synced after {a.steps + 1} steps: {diff:.2e}")
 
 

@@ -15,6 +15,7 @@ TITLES = {
     "checkpoint_adjoint": "8. Checkpointed adjoint vs backsolve adjoint vs direct backprop (latent-ODE dynamics, MNIST ODE-Net)",
     "latent_ode_step": "9. Latent ODE training iteration (spirals: 1000 sequences, n = 100, tol 1e-5)",
     "poisson_step": "10. Poisson-process latent ODE training iteration (100 spirals, ~4,200 event times, tol 1e-5)",
+    "ddp_scaling": "11. Data-parallel training throughput: 2 gloo processes vs 1 (MNIST ODE-Net and ResNet, same global batch)",
 }
 
 # Added to a benchmark's section when one of its goals is missed: what was found and what would fix it.

@@ -315,37 +315,33 @@ class _Packing:
                 raise TypeError(f"component {i} of func's output has dtype {o.dtype} at t={float(t)!r}, "
                                 f"but y0[{i}] has dtype {self.dtype}")
 
-    def rms_norm(self):
+    def rms_norm(self, reduce=None):
         """Error norm: RMS for a tensor (of any shape, 0-dim included); for tuples, the largest RMS over
-        components (as torchdiffeq)."""
+        components (as torchdiffeq). ``reduce``: see :func:`solve`'s ``norm_reduce``."""
         if not self.is_tuple:
             inv = 1.0 / math.sqrt(max(self.sizes[0], 1))
-            return lambda r: torch.linalg.vector_norm(r) * inv
-        return _max_rms_norm(self.sizes)
+            if reduce is None:
+                return lambda r: torch.linalg.vector_norm(r) * inv
+            return lambda r: reduce(torch.linalg.vector_norm(r) * inv)
+        return _max_rms_norm(self.sizes, reduce)
 
 
-# None, or a function that combines a tensor of per-component RMS norms across data-parallel processes (set only
-# around a training step by ndode.harness.ddp.synced_error_norms: every rank then takes the same steps)
-NORM_REDUCE = None
-
-
-def _max_rms_norm(sizes):
+def _max_rms_norm(sizes, reduce=None):
     """The largest RMS over the consecutive blocks of ``sizes`` entries of a flat tensor (torchdiffeq's mixed
-    norm). Entries past the blocks do not count (the adjoint's seminorm leaves its parameter adjoints out)."""
+    norm). Entries past the blocks do not count (the adjoint's seminorm leaves its parameter adjoints out).
+    ``reduce`` (data-parallel training) turns this process's RMS of each block into the RMS over every
+    process's data before the largest is taken."""
     total = sum(sizes)
     invs = [1.0 / math.sqrt(max(s, 1)) for s in sizes]
     if len(sizes) == 1:
         inv = invs[0]
-
-        def rms(r):
-            n = torch.linalg.vector_norm(r[:total]) * inv
-            return n if NORM_REDUCE is None else NORM_REDUCE(n)
-
-        return rms
+        if reduce is None:
+            return lambda r: torch.linalg.vector_norm(r[:total]) * inv
+        return lambda r: reduce(torch.linalg.vector_norm(r[:total]) * inv)
 
     def norm(r):
         n = torch.stack([torch.linalg.vector_norm(p) * i for p, i in zip(r[:total].split(sizes), invs)])
-        return (n if NORM_REDUCE is None else NORM_REDUCE(n)).max()
+        return (n if reduce is None else reduce(n)).max()
 
     return norm
 
@@ -777,6 +773,9 @@ class _Plan:
     stats: SolverStats
 
     ts: torch.Tensor | None  # None when t came as Python floats (see ``t_tensor``)
+    # combines the error norms over data-parallel processes (solve's ``norm_reduce``); the adjoint's backward
+    # solve uses it too
+    norm_reduce: Callable | None = None
 
     def integrator(self):
         p = self.packing
@@ -786,7 +785,8 @@ class _Plan:
             return ScipyIntegrator(p.wrap(self.func), self.rtol, self.atol, self.options, self.stats, p.dtype,
                                    p.device)
         norm = self.options.get("norm")
-        norm = p.rms_norm() if norm is None else _user_norm(norm, p.unpack, p.dtype, p.device)
+        reduce = self.norm_reduce
+        norm = p.rms_norm(reduce) if norm is None else _user_norm(norm, p.unpack, p.dtype, p.device, reduce)
         return _Integrator(p.wrap(self.func), self.tab, self.rtol, self.atol, self.options, self.stats,
                            norm, p.dtype, p.device, callbacks=_callbacks(self.func, self.options),
                            unpack=p.unpack)
@@ -815,10 +815,12 @@ class _Plan:
         return Solution(self.packing.unpack_stack(ys_packed), self.t_tensor(), self.stats)
 
 
-def _user_norm(norm, unpack, dtype, device):
+def _user_norm(norm, unpack, dtype, device, reduce=None):
     """A norm given in options, called as torchdiffeq does: on the scaled error shaped like y0 (a tuple for a
-    tuple state); its result as a 0-dim tensor of the state's dtype."""
-    return lambda r: torch.as_tensor(norm(unpack(r)), dtype=dtype, device=device)
+    tuple state); its result as a 0-dim tensor of the state's dtype (combined over processes by ``reduce``)."""
+    if reduce is None:
+        return lambda r: torch.as_tensor(norm(unpack(r)), dtype=dtype, device=device)
+    return lambda r: reduce(torch.as_tensor(norm(unpack(r)), dtype=dtype, device=device))
 
 
 CALLBACKS = ("callback_step", "callback_accept_step", "callback_reject_step")
@@ -837,10 +839,17 @@ def _callbacks(func, options, suffix=""):
     return cbs
 
 
-def _plan(func, y0, t, rtol, atol, method, options) -> _Plan:
+def _plan(func, y0, t, rtol, atol, method, options, norm_reduce=None) -> _Plan:
     if not callable(func):
         raise TypeError(f"func must be callable as func(t, y), got {type(func).__name__}")
     tab = _check_method(method)
+    if norm_reduce is not None:
+        if not callable(norm_reduce):
+            raise TypeError(f"norm_reduce must be None or callable (this process's error norms -> the norms over "
+                            f"all processes' data), got {type(norm_reduce).__name__}")
+        if tab is SCIPY_METHOD:
+            raise ValueError("norm_reduce applies to ndode's Runge-Kutta methods; method='scipy_solver' lets SciPy "
+                             "choose the steps, so data-parallel processes cannot share its error norm")
     rtol = _check_tol("rtol", rtol)
     atol = _check_tol("atol", atol)
     if tab.adaptive and rtol == 0 and atol == 0:
@@ -848,7 +857,8 @@ def _plan(func, y0, t, rtol, atol, method, options) -> _Plan:
     opts = _check_options(options, tab)
     packing = _Packing(y0)
     times = _check_t(t)
-    return _Plan(func, tab, times, rtol, atol, opts, packing, SolverStats(), t if isinstance(t, torch.Tensor) else None)
+    return _Plan(func, tab, times, rtol, atol, opts, packing, SolverStats(), t if isinstance(t, torch.Tensor) else None,
+                 norm_reduce)
 
 
 class Adjoint:

@@ -132,12 +132,13 @@ class _Adjoint(torch.autograd.Function):
         if n > 1:
             # the forward's norm for y and for a alike (the largest RMS over the state's components, so a CNF's
             # log p is not swamped by z); "full" adds every parameter tensor as its own channel (as torchdiffeq's
-            # mixed norm), "seminorm" leaves the parameter adjoints out of the error estimate
-            ysizes = plan.packing.sizes
+            # mixed norm), "seminorm" leaves the parameter adjoints out of the error estimate; data-parallel
+            # processes combine them as in the forward solve (plan.norm_reduce), so they take the same steps back
+            ysizes, reduce = plan.packing.sizes, plan.norm_reduce
             if callable(adj.norm):
-                norm = _channel_norm(adj.norm, plan.packing.shapes, [p.shape for p in params], dtype, device)
+                norm = _channel_norm(adj.norm, plan.packing.shapes, [p.shape for p in params], dtype, device, reduce)
             else:
-                norm = _max_rms_norm((*ysizes, *ysizes) + (tuple(psizes) if adj.norm == "full" else ()))
+                norm = _max_rms_norm((*ysizes, *ysizes) + (tuple(psizes) if adj.norm == "full" else ()), reduce)
             if adj.tab is SCIPY_METHOD:
                 integ = ScipyIntegrator(aug_dynamics, adj.rtol, adj.atol, adj.options, bstats, dtype, device,
                                         phase="backward pass")
@@ -164,7 +165,7 @@ class _Adjoint(torch.autograd.Function):
         return (None, None, grad_t, grad_y0, *grad_params)
 
 
-def _channel_norm(norm, yshapes, pshapes, dtype, device):
+def _channel_norm(norm, yshapes, pshapes, dtype, device, reduce=None):
     """A user's adjoint norm called as torchdiffeq calls it: on ``(t, *y, *a_y, *a_params)``, each shaped like its
     tensor. ndode's backward state has no time channel (time gradients are boundary terms): ``t`` is 0 there."""
     shapes = (*yshapes, *yshapes, *pshapes)
@@ -173,7 +174,8 @@ def _channel_norm(norm, yshapes, pshapes, dtype, device):
 
     def channel_norm(r):
         parts = tuple(x.view(s) for x, s in zip(r.split(sizes), shapes))
-        return torch.as_tensor(norm((zero, *parts)), dtype=dtype, device=device)
+        n = torch.as_tensor(norm((zero, *parts)), dtype=dtype, device=device)
+        return n if reduce is None else reduce(n)
 
     return channel_norm
 
@@ -235,6 +237,9 @@ class BacksolveAdjoint(Adjoint):
         atol = plan.atol if self.atol is None else self.atol
         if tab.adaptive and "step_size" not in options and rtol == 0 and atol == 0:
             raise ValueError("adjoint_rtol and adjoint_atol are both 0; the adaptive backward solve needs a positive tolerance")
+        if plan.norm_reduce is not None and tab is SCIPY_METHOD:
+            raise ValueError("norm_reduce applies to ndode's Runge-Kutta methods; adjoint_method='scipy_solver' lets "
+                             "SciPy choose the backward steps, so data-parallel processes cannot share its error norm")
         return _Bound(tab, rtol, atol, options, self.norm)
 
     def run(self, plan, y0) -> Solution:

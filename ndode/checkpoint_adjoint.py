@@ -84,7 +84,9 @@ class _Checkpointed(torch.autograd.Function):
         stats: SolverStats = plan.stats
         bstats = SolverStats()
         p = plan.packing
-        integ = _Integrator(p.wrap(plan.func), plan.tab, plan.rtol, plan.atol, plan.options, bstats, p.rms_norm(),
+        # replays the forward solve's recorded steps (no error control, so no norm: the forward solve's own,
+        # plan.norm_reduce included, already chose the steps)
+        integ = _Integrator(p.wrap(plan.func), plan.tab, plan.rtol, plan.atol, plan.options, bstats, None,
                             p.dtype, p.device, phase="backward pass")
         steps = tape.steps
         inputs_tail = params

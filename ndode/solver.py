@@ -28,6 +28,7 @@ def solve(
     method: str = "dopri5",
     options: dict | None = None,
     adjoint: Adjoint | None = None,
+    norm_reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> Solution:
     """Solve ``dy/dt = func(t, y)`` from ``y(t[0]) = y0`` and report the values at every ``t``.
 
@@ -40,6 +41,14 @@ def solve(
     with ``adjoint=ndode.BacksolveAdjoint(...)``, from the adjoint method (see
     :func:`ndode.odeint_adjoint`); then ``stats`` also gets the backward pass's
     counts once ``backward()`` has run.
+
+    ``norm_reduce`` is for data-parallel training, where each process solves
+    on its own share of a batch: it maps this process's error norms (a tensor
+    of RMS values, one per state component; a custom ``options["norm"]``'s
+    value) to the norms over every process's data, e.g. by an all-reduce
+    (``ndode.harness.ddp.norm_reduce``). Every adaptive solve of this call
+    uses it (the forward solve, its initial step, and the backsolve adjoint's
+    backward solve), so all processes accept, reject and size each step alike.
     """
     if adjoint is True:
         raise TypeError("adjoint=True: pass the method, adjoint=ndode.BacksolveAdjoint() "
@@ -47,7 +56,7 @@ def solve(
     if not (adjoint is None or adjoint is False or isinstance(adjoint, Adjoint)):
         raise TypeError(f"adjoint must be None or an adjoint method such as ndode.BacksolveAdjoint(), "
                         f"got {type(adjoint).__name__}")
-    plan = _plan(func, y0, t, rtol, atol, method, options)
+    plan = _plan(func, y0, t, rtol, atol, method, options, norm_reduce)
     if isinstance(adjoint, Adjoint):
         return adjoint.run(plan, y0)
     y0p = plan.packing.pack(y0)

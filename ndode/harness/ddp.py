@@ -4,8 +4,10 @@ The harness is the only user: it starts one process group per run (gloo on
 CPU, nccl on CUDA), wraps the task's model in
 :class:`~torch.nn.parallel.DistributedDataParallel`, averages each unit's
 training metrics over the ranks, agrees on stopping, and makes every rank's
-adaptive solver take the same steps (:func:`synced_error_norms`). Nothing
-here is used by a single-process run.
+adaptive solver take the same steps (:func:`synced_error_norms`). The
+process's rank and world size live in one :class:`DistEnv`, built once by
+:func:`env` and handed to the task in ``RunContext.dist``; every function here
+takes it (no default meaning "one process").
 """
 
 from __future__ import annotations
@@ -17,22 +19,31 @@ import os
 import torch
 import torch.distributed as dist
 
-from .. import _core
+from ..models.odeblock import ode_blocks
 
 __all__ = ["DistEnv", "env", "device_for", "init", "shutdown", "broadcast", "any_max", "all_sum", "mean_metrics",
-           "synced_error_norms", "check_world", "shard"]
+           "norm_reduce", "synced_error_norms", "check_world", "check_group", "shard"]
 
 
 class DistEnv:
-    """The process's place in a ``torchrun`` job (from its environment variables)."""
+    """The process's place in a ``torchrun`` job: ``rank`` of ``world`` processes (:func:`env` reads them)."""
 
-    def __init__(self, rank: int = 0, world: int = 1, local_rank: int = 0):
+    def __init__(self, rank: int, world: int, local_rank: int = 0):
+        for name, v in (("rank", rank), ("world", world), ("local_rank", local_rank)):
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise TypeError(f"DistEnv {name} must be an integer, got {v!r}")
+        if world < 1 or not 0 <= rank < world or local_rank < 0:
+            raise ValueError(f"DistEnv(rank={rank}, world={world}, local_rank={local_rank}): need world >= 1, "
+                             f"0 <= rank < world and local_rank >= 0")
         self.rank, self.world, self.local_rank = rank, world, local_rank
         self.norm_group = None  # a second group for the solver's error norms (never interleaved with DDP's buckets)
 
     @property
     def active(self) -> bool:
         return self.world > 1
+
+    def __repr__(self) -> str:
+        return f"DistEnv(rank={self.rank}, world={self.world}, local_rank={self.local_rank})"
 
 
 def env() -> DistEnv:
@@ -125,20 +136,21 @@ def mean_metrics(denv: DistEnv, metrics: dict, device: torch.device) -> dict:
     return out
 
 
-@contextlib.contextmanager
-def synced_error_norms(denv: DistEnv):
-    """Within the block, every adaptive solve's error norm is the RMS over all ranks' data.
+def norm_reduce(denv: DistEnv):
+    """The solver's ``norm_reduce`` for this job (None in a one-process run): error norms over all ranks' data.
 
     Each rank's norm ``n_r`` is the RMS over its shard; with equal shards the
     RMS over the global batch is ``sqrt(mean_r n_r**2)``: the same number on
     every rank, and the one a single process would compute on the whole batch,
     so every rank accepts, rejects and sizes each step alike (forward and
     adjoint solves) and the run takes the single-process run's steps. It costs
-    one small all-reduce per step attempt (docs/harness.md, "Scaling out").
+    one small all-reduce per norm (docs/harness.md, "Scaling out"), on a group
+    of its own (``init`` makes it) so it never interleaves with DDP's.
     """
     if not denv.active:
-        yield
-        return
+        return None
+    if denv.norm_group is None:
+        raise RuntimeError(f"{denv}: the process group is not joined (ddp.init); the error norms cannot be shared")
     group, world = denv.norm_group, denv.world
 
     def reduce(n: torch.Tensor) -> torch.Tensor:
@@ -146,11 +158,28 @@ def synced_error_norms(denv: DistEnv):
         dist.all_reduce(sq, group=group)
         return (sq / world).sqrt().to(n.dtype).reshape(n.shape)
 
-    previous, _core.NORM_REDUCE = _core.NORM_REDUCE, reduce
+    return reduce
+
+
+@contextlib.contextmanager
+def synced_error_norms(denv: DistEnv, model: torch.nn.Module):
+    """Within the block, every ``ODEBlock`` of ``model`` solves with the error norms over all ranks' data.
+
+    The harness wraps each training unit in it; outside (evaluation, rank 0's
+    ``analyze``) each rank solves on its own, so no rank waits on another that
+    is not solving. A task of a data-parallel run that calls ``ndode.solve``
+    itself passes ``norm_reduce=ddp.norm_reduce(ctx.dist)`` inside its training step.
+    """
+    reduce = norm_reduce(denv)
+    blocks = list(ode_blocks(model)) if reduce is not None else []
+    before = [b.norm_reduce for b in blocks]
+    for b in blocks:
+        b.norm_reduce = reduce
     try:
         yield
     finally:
-        _core.NORM_REDUCE = previous
+        for b, r in zip(blocks, before):
+            b.norm_reduce = r
 
 
 def check_world(world: int, batch_size: int | None, option: str = "budget.batch_size") -> str | None:
@@ -161,6 +190,15 @@ def check_world(world: int, batch_size: int | None, option: str = "budget.batch_
                 f"(WORLD_SIZE={world}); use a process count that divides it ({', '.join(map(str, ok[:12]))}"
                 f"{', ...' if len(ok) > 12 else ''}) or a batch size that is a multiple of {world}")
     return None
+
+
+def check_group(denv: DistEnv) -> None:
+    """Refuse a ``DistEnv`` that disagrees with the joined process group (e.g. a one-process one in a torchrun job)."""
+    if dist.is_available() and dist.is_initialized():
+        rank, world = dist.get_rank(), dist.get_world_size()
+        if (denv.rank, denv.world) != (rank, world):
+            raise ValueError(f"{denv} disagrees with the process group this process joined (rank {rank} of {world}); "
+                             "use the DistEnv the harness built (RunContext.dist)")
 
 
 def shard(indices, denv: DistEnv):

@@ -39,7 +39,7 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -64,18 +64,28 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2)
 
 @dataclass
 class RunContext:
-    """What the harness hands a task when it is built."""
+    """What the harness hands a task when it is built.
+
+    ``dist`` is the process's place in the job (rank and world size; one
+    process: rank 0 of 1), the only copy of it: a data-parallel task shards
+    its data and sums its evaluation through it. It has no default, so a task
+    can never be built believing it is alone inside a multi-process run.
+    """
 
     run_dir: Path
     device: torch.device
     seed: int
-    rank: int = 0
-    world_size: int = 1
-    dist: ddp.DistEnv = field(default_factory=ddp.DistEnv)  # data-parallel runs: shard data, sum metrics
+    dist: ddp.DistEnv
+
+    def __post_init__(self):
+        if not isinstance(self.dist, ddp.DistEnv):
+            raise TypeError(f"RunContext.dist must be the run's ddp.DistEnv (ndode.harness.ddp.env()), "
+                            f"got {self.dist!r}")
+        ddp.check_group(self.dist)
 
     @property
     def is_main(self) -> bool:
-        return self.rank == 0
+        return self.dist.rank == 0
 
 
 class Task:
@@ -88,9 +98,12 @@ class Task:
 
     ``supports_ddp``: the task trains data-parallel under ``torchrun``. It then
     calls :attr:`train_model` (the model wrapped in DDP) in ``train_step`` on
-    its shard of each global batch (``ddp.shard``), and reduces its evaluation
-    over the ranks (``ddp.all_sum``); the harness averages the training metrics.
-    Without it a run under ``torchrun`` with more than one process stops at once.
+    its shard of each global batch (``ddp.shard(indices, ctx.dist)``), and
+    reduces its evaluation over the ranks (``ddp.all_sum(ctx.dist, ...)``); the
+    harness averages the training metrics and, during ``train_step``, gives the
+    ``ODEBlock`` layers of ``model`` the error norm over all ranks' data
+    (``ddp.synced_error_norms``). Without it a run under ``torchrun`` with more
+    than one process stops at once.
     """
 
     supports_ddp: bool = False
@@ -351,7 +364,6 @@ class Runner:
         self.metrics_step = 0  # the step of the last record in metrics.jsonl (kept in each checkpoint)
         self.attempt: dict = {}  # details of this attempt for meta.json (checkpoint fallback)
         self.denv = ddp.env()  # RANK, WORLD_SIZE, LOCAL_RANK (torchrun); world 1 otherwise
-        self.rank, self.world = self.denv.rank, self.denv.world
 
     # ---- phases
     def run(self) -> dict:
@@ -466,8 +478,7 @@ class Runner:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         seed_everything(cfg.seed)
-        ctx = RunContext(run_dir=record.dir, device=self.device, seed=cfg.seed, rank=self.rank,
-                         world_size=self.world)
+        ctx = RunContext(run_dir=record.dir, device=self.device, seed=cfg.seed, dist=self.denv)
         self.task = self.make_task(cfg, ctx)
         if self.denv.active:  # gradients are all-reduced by DDP's hooks (direct backprop and the adjoint's alike)
             from torch.nn.parallel import DistributedDataParallel
@@ -597,7 +608,7 @@ class Runner:
             for step in range(self.start, budget.steps):
                 self.step = s = step + 1
                 snapshot = self.snapshot() if self.cfg.nonfinite_skips else None
-                with ddp.synced_error_norms(self.denv):  # every rank's solver takes the same steps
+                with ddp.synced_error_norms(self.denv, task.model):  # every rank's solver takes the same steps
                     metrics = task.train_step(step) or {}
                 metrics = ddp.mean_metrics(self.denv, metrics, self.device)  # the global batch's (same on every rank)
                 if task.scheduler is not None:
@@ -850,6 +861,14 @@ class Runner:
             previous(signum, None)
 
     # ---- helpers of the phases
+    @property
+    def rank(self) -> int:
+        return self.denv.rank
+
+    @property
+    def world(self) -> int:
+        return self.denv.world
+
     @property
     def _level(self) -> int:
         return logging.DEBUG if self.cfg.quiet else logging.INFO

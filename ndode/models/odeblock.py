@@ -33,6 +33,10 @@ class ODEBlock(nn.Module):
     backsolve/none), or an ``ndode.Adjoint`` object used as it is; ``adjoint_options``
     go to the backsolve adjoint's backward solve (e.g. ``{"norm": "full"}``).
     ``self.adjoint`` is the method's name, or None for direct backpropagation.
+    ``norm_reduce`` goes to every solve (``ndode.solve``'s, for data-parallel
+    training): the harness sets it for the span of each training step
+    (``ndode.harness.ddp.synced_error_norms``) and clears it after, so
+    evaluation and probes on one rank never wait on the others.
     """
 
     def __init__(
@@ -49,6 +53,7 @@ class ODEBlock(nn.Module):
         adjoint_options: dict | None = None,
         eval_rtol: float | None = None,
         eval_atol: float | None = None,
+        norm_reduce=None,
     ):
         super().__init__()
         if not isinstance(func, nn.Module):
@@ -68,6 +73,7 @@ class ODEBlock(nn.Module):
         # reads the times back from the device
         self.t0, self.t1 = float(t0), float(t1)
         self.last_stats: ndode.SolverStats | None = None
+        self.norm_reduce = norm_reduce
 
     def set_tolerance(self, rtol: float, atol: float | None = None, *, eval_only: bool = False) -> None:
         """Set ``rtol`` and ``atol`` (default: ``rtol``); with ``eval_only`` only for ``eval()`` mode."""
@@ -93,7 +99,7 @@ class ODEBlock(nn.Module):
         else:
             adjoint = None if self.adjoint is None else ndode.ADJOINTS[self.adjoint]()
         sol = ndode.solve(self.func, x, [self.t0, self.t1], rtol=rtol, atol=atol, method=self.method,
-                          options=self.options, adjoint=adjoint)
+                          options=self.options, adjoint=adjoint, norm_reduce=self.norm_reduce)
         self.last_stats = sol.stats
         return sol.ys[-1]
 
