@@ -35,6 +35,7 @@ from typing import Callable
 
 import torch
 
+from .controller import IController, StepController, check_controller
 from .scipy_solver import SCIPY_METHOD, ScipyIntegrator, check_scipy_options
 from .tableau import TABLEAUS, ButcherTableau
 
@@ -44,9 +45,13 @@ METHODS = tuple(TABLEAUS)
 # options of a solve on a grid (any method; the only kind a fixed-step method has)
 FIXED_OPTIONS = ("step_size", "grid_constructor", "perturb", "interp")
 # options of an error-controlled solve (plus FIXED_OPTIONS, which turn an adaptive tableau into a fixed grid)
-ADAPTIVE_OPTIONS = ("first_step", "max_num_steps", "safety", "min_factor", "max_factor", "min_step", "max_step",
+ADAPTIVE_OPTIONS = ("first_step", "max_num_steps", "controller", "safety", "min_factor", "max_factor", "min_step", "max_step",
                     "jump_t", "step_t", "norm") + FIXED_OPTIONS
 DEFAULT_MAX_NUM_STEPS = 1_000_000
+# SciPy's RK45 controller: measured against the PI controller on DETEST (benchmarks/detest.py, docs/solver.md)
+DEFAULT_CONTROLLER: StepController = IController()
+# the integral controller's settings, accepted as options for torchdiffeq's sake (they build an IController)
+I_CONTROLLER_OPTIONS = ("safety", "min_factor", "max_factor")
 # A step that would end this many ulps (or fewer) short of an output time ends on it. More than the
 # underflow threshold (10 ulps of t), so no sliver below it can remain.
 SNAP_ULPS = 16
@@ -193,6 +198,14 @@ def _check_options(options, tab: ButcherTableau, arg="options", also=()) -> dict
             positive("min_factor", hi=1.0)
         if "max_factor" in out:
             positive("max_factor", lo=1.0)
+        legacy = {k: out.pop(k) for k in I_CONTROLLER_OPTIONS if k in out}
+        if "controller" in out:
+            if legacy:
+                raise ValueError(f"{arg} {sorted(legacy)} and {arg}['controller'] both given; set them on the "
+                                 f"controller, e.g. ndode.IController(safety=...)")
+            out["controller"] = check_controller(out["controller"], f"{arg}['controller']")
+        else:
+            out["controller"] = IController(**legacy) if legacy else DEFAULT_CONTROLLER
         if "min_step" in out:
             positive("min_step", closed_lo=True)
             if out["min_step"] == 0:
@@ -405,14 +418,10 @@ class _Integrator:
         self.stats = stats
         self.norm = norm
         self.dtype, self.device = dtype, device
-        self.safety = options.get("safety", 0.9)
-        self.min_factor = options.get("min_factor", 0.2)
-        self.max_factor = options.get("max_factor", 10.0)
+        self.controller = options.get("controller", DEFAULT_CONTROLLER)
         self.max_num_steps = options.get("max_num_steps", DEFAULT_MAX_NUM_STEPS)
         self.min_step = options.get("min_step", 0.0)
         self.max_step = options.get("max_step", math.inf)
-        if tab.adaptive:
-            self.exponent = -1.0 / (tab.error_order + 1)
         cb = callbacks if callbacks is not None and any(c is not None for c in callbacks) else None
         self.cb_step, self.cb_accept, self.cb_reject = cb if cb is not None else (None, None, None)
         self.unpack = unpack if unpack is not None else (lambda y: y)
@@ -622,6 +631,7 @@ class _Integrator:
         stop_at_outputs = on_output is not None or tab.dense is None
         cb_step, cb_accept, cb_reject = self.cb_step, self.cb_accept, self.cb_reject
         min_step, max_step = self.min_step, self.max_step
+        control = self.controller.begin(tab.error_order)
         y = y0
         k = self.f(t0, y0)
         if "first_step" in self.opts:
@@ -636,7 +646,6 @@ class _Integrator:
         i = 1
         n_out = len(times)
         t = t0
-        rejected = False
         nonfinite = False
         stats = self.stats
         while i < n_out:
@@ -683,13 +692,7 @@ class _Integrator:
                 stats.n_accepted += 1
                 if cb_accept is not None:
                     self._callback(cb_accept, t, y, h)
-                if err_norm == 0.0:
-                    factor = self.max_factor
-                else:
-                    factor = min(self.max_factor, self.safety * err_norm**self.exponent)
-                if rejected:
-                    factor = min(1.0, factor)
-                rejected = False
+                factor = control.accept(err_norm)
                 k = ks[-1] if tab.fsal else None
                 f1 = None
                 if tab.dense is None:  # the interpolant needs f at the step's end; the next step reuses it
@@ -747,14 +750,10 @@ class _Integrator:
                 stats.n_rejected += 1
                 if cb_reject is not None:
                     self._callback(cb_reject, t, y, h)
-                if math.isfinite(err_norm):
-                    dt = abs(h) * max(self.min_factor, self.safety * err_norm**self.exponent)
-                else:
-                    nonfinite = True
-                    dt = abs(h) * self.min_factor
+                nonfinite = nonfinite or not math.isfinite(err_norm)
+                dt = abs(h) * control.reject(err_norm)
                 if min_step > 0.0 or max_step < math.inf:
                     dt = min(max(dt, min_step), max_step)
-                rejected = True
         return ys
 
 
@@ -839,10 +838,19 @@ def _callbacks(func, options, suffix=""):
     return cbs
 
 
-def _plan(func, y0, t, rtol, atol, method, options, norm_reduce=None) -> _Plan:
+def _plan(func, y0, t, rtol, atol, method, options, norm_reduce=None, controller=None) -> _Plan:
     if not callable(func):
         raise TypeError(f"func must be callable as func(t, y), got {type(func).__name__}")
     tab = _check_method(method)
+    if controller is not None:
+        if tab is SCIPY_METHOD or not tab.adaptive:
+            raise ValueError(f"controller applies to an adaptive method; method {tab.name!r} "
+                             f"{'lets SciPy choose the steps' if tab is SCIPY_METHOD else 'takes fixed steps'}")
+        if isinstance(options, dict) and options.get("controller") is not None:
+            raise ValueError("controller given both as solve(..., controller=) and in options['controller']; "
+                             "pass it once")
+        options = dict(options or {}, controller=controller) if isinstance(options, dict) or options is None \
+            else options
     if norm_reduce is not None:
         if not callable(norm_reduce):
             raise TypeError(f"norm_reduce must be None or callable (this process's error norms -> the norms over "

@@ -13,6 +13,7 @@ from typing import Callable
 
 import torch
 
+from .controller import StepController
 from ._core import METHODS, Adjoint, Solution, SolverError, SolverStats, _Integrator, _plan
 
 __all__ = ["solve", "odeint", "Solution", "SolverStats", "SolverError", "Adjoint", "METHODS"]
@@ -29,6 +30,7 @@ def solve(
     options: dict | None = None,
     adjoint: Adjoint | None = None,
     norm_reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    controller: StepController | str | None = None,
 ) -> Solution:
     """Solve ``dy/dt = func(t, y)`` from ``y(t[0]) = y0`` and report the values at every ``t``.
 
@@ -49,6 +51,11 @@ def solve(
     (``ndode.harness.ddp.norm_reduce``). Every adaptive solve of this call
     uses it (the forward solve, its initial step, and the backsolve adjoint's
     backward solve), so all processes accept, reject and size each step alike.
+
+    ``controller`` sizes the steps of an adaptive solve: ``ndode.IController()``
+    (the default, SciPy's ``RK45`` controller) or ``ndode.PIController()``, or
+    their names ``"integral"``/``"pi"``; the same as ``options={"controller": ...}``.
+    The backsolve adjoint's backward solve uses it too unless its own options say otherwise.
     """
     if adjoint is True:
         raise TypeError("adjoint=True: pass the method, adjoint=ndode.BacksolveAdjoint() "
@@ -56,7 +63,7 @@ def solve(
     if not (adjoint is None or adjoint is False or isinstance(adjoint, Adjoint)):
         raise TypeError(f"adjoint must be None or an adjoint method such as ndode.BacksolveAdjoint(), "
                         f"got {type(adjoint).__name__}")
-    plan = _plan(func, y0, t, rtol, atol, method, options, norm_reduce)
+    plan = _plan(func, y0, t, rtol, atol, method, options, norm_reduce, controller)
     if isinstance(adjoint, Adjoint):
         return adjoint.run(plan, y0)
     y0p = plan.packing.pack(y0)
