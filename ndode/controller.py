@@ -110,13 +110,13 @@ class PIController(StepController):
     After an accepted step,
     ``h_new = h · clip(safety · err_n^(-(icoeff + pcoeff)/k) · err_{n-1}^(pcoeff/k), min_factor, max_factor)``
     with ``k = q + 1`` and ``err_{n-1}`` the previous accepted step's error
-    (floored at 1e-4, as in Hairer's DOPRI5, so a step of near-zero error does not
-    stall the next one): the step follows the error's trend as well as its level,
+    (1 before the first; floored at 1e-4, as in Hairer's DOPRI5, so a step of
+    near-zero error does not stall the next one): the step follows the error's trend as well as its level,
     which damps the oscillating step sequences (accept, reject, accept, ...) of
     the I-controller. A rejected step shrinks by the integral term alone
     (``safety · err^(-(icoeff + pcoeff)/k)``, at least ``min_factor``) and the
-    next step may not grow, as in DOPRI5. ``pcoeff=0`` gives an I-controller
-    with the exponent ``icoeff/k``.
+    next step may not grow, as in DOPRI5. ``pcoeff=0, icoeff=1`` is the
+    :class:`IController` (``tests/test_solver.py`` checks they take the same steps).
 
     The coefficients are diffrax's ``PIDController`` ``pcoeff``/``icoeff``; the
     defaults are Hairer's DOPRI5 (β = 0.04, exponent 0.2 − 0.75β for ``k = 5``:
@@ -153,11 +153,13 @@ class _PIState(ControllerState):
 
     def accept(self, err):
         c = self.c
-        err = max(err, ERR_FLOOR)
-        factor = min(c.max_factor, max(c.min_factor, c.safety * err**self.alpha * self.prev**self.beta))
+        if err == 0.0:
+            factor = c.max_factor
+        else:
+            factor = min(c.max_factor, max(c.min_factor, c.safety * err**self.alpha * self.prev**self.beta))
         if self.rejected:
             factor = min(1.0, factor)
-        self.prev, self.rejected = err, False
+        self.prev, self.rejected = max(err, ERR_FLOOR), False
         return factor
 
     def reject(self, err):
