@@ -63,20 +63,17 @@ gap is in its steps, not its interpolation.""",
 }
 
 MISS_NOTES["detest"] = """\
-**Why neither controller reaches 0.9x.** The PI controller (Hairer's DOPRI5 coefficients) cuts
-rejected steps and lands a little lower on torchdiffeq's curve than the integral controller, but
-the gain is of the size of the measurement's own uncertainty: torchdiffeq's NFE at equal error
-is read off a curve with three points three decades apart, and moving the error measure (11
-output times, the end point only, 41 output times) moves every total by 0.01-0.03 and swaps the
-worst problem. A sweep of the PI coefficients (pcoeff 0.1-0.3, icoeff 0.55-0.8, safety 0.8-0.95,
-DOPRI5's facold = 1e-4 start, rejection by the I-exponent) stayed within 0.908-0.966; Gustafsson's
-(0.4, 0.3) takes smaller steps than needed at every tolerance (NFE 1.24x torchdiffeq's at equal
-tolerance, error 0.13x) and misses the per-problem goal on E5, C3, C4. So the default stays the
-integral controller, which keeps NFE identical to SciPy's RK45 (docs/solver.md).
-On D1 at 1e-2 every ndode controller's orbit spirals into the singularity at r = 0 and the
-solve stops with a step-size underflow (as SciPy's RK45 does); torchdiffeq's "completes" with
-its orbit escaped to r ≈ 11 (the true orbit stays within r ≤ 1.1): the tolerance is too loose
-for this orbit, and no controller makes the answer right."""
+**Why no controller reaches 0.9x.** The PI controller (Hairer's DOPRI5 coefficients) rejects
+fewer steps and lands 2-3 % lower on torchdiffeq's curve than the integral controller, on every
+error measure tried (11 output times: 0.909 vs 0.937; the end point alone: 0.908 vs 0.932; 41
+output times: 0.914 vs 0.937). A sweep of its coefficients (pcoeff 0.1-0.3, icoeff 0.55-0.8,
+safety 0.85) stayed within 0.904-0.916; Gustafsson's (0.4, 0.3) takes needlessly small steps
+with dopri5 (1.22x torchdiffeq's NFE at equal tolerance, 0.14x its error). The default stays the
+integral controller, which keeps NFE identical to SciPy's RK45 (docs/solver.md, "Step-size
+controllers"). On D1 at 1e-2 every ndode controller's orbit spirals into the singularity at
+r = 0 and the solve stops with a step-size underflow (as SciPy's RK45 does); torchdiffeq's
+"completes" with its orbit escaped to r = 11 (the true orbit stays within 0.9-1.1): the
+tolerance is too loose for this orbit, and no controller makes the answer right."""
 
 # Context shown with a benchmark whatever its verdicts (measured separately, conditions stated).
 NOTES: dict[str, str] = {
