@@ -30,8 +30,9 @@ from typing import Sequence
 
 import torch
 
-from ._core import SCIPY_METHOD, Adjoint, Solution, SolverStats, _Integrator
 from .adjoint import _check_adjoint_params
+from .ode.plan import Adjoint
+from .ode.types import Solution, SolverStats
 
 __all__ = ["CheckpointAdjoint"]
 
@@ -86,8 +87,8 @@ class _Checkpointed(torch.autograd.Function):
         p = plan.packing
         # replays the forward solve's recorded steps (no error control, so no norm: the forward solve's own,
         # plan.norm_reduce included, already chose the steps)
-        integ = _Integrator(p.wrap(plan.func), plan.tab, plan.rtol, plan.atol, plan.options, bstats, None,
-                            p.dtype, p.device, phase="backward pass")
+        integ = plan.method.integrator(p.wrap(plan.func), plan.rtol, plan.atol, plan.options, bstats, p.dtype,
+                                       p.device, phase="backward pass")
         steps = tape.steps
         inputs_tail = params
         grad_params = [None] * len(params)
@@ -95,8 +96,9 @@ class _Checkpointed(torch.autograd.Function):
         # FSAL methods (dopri5, tsit5, bosh3) start an adaptive step with the previous step's last stage,
         # f(t_prev + h_prev, y): that stage is an input of the step (its value recomputed without a graph) and
         # its gradient gk goes back to the previous step, where the stage is part of the recomputed graph
-        fsal = plan.tab.fsal and "step_size" not in plan.options
-        c_last = plan.tab.c[-1]
+        tab = plan.method.tab  # a Runge-Kutta method: run() refused the others
+        fsal = tab.fsal and "step_size" not in plan.options
+        c_last = tab.c[-1]
         gk = None
 
         def k0_time(k):
@@ -242,8 +244,8 @@ class CheckpointAdjoint(Adjoint):
         # The backward pass recomputes each recorded step with the plain stepping routine; options that change a
         # step beyond (t, h, y) would make the recomputation differ from the forward solve, so they are refused.
         unsupported = sorted(k for k in _NOT_RECOMPUTED if plan.options.get(k) is not None and plan.options.get(k) is not False)
-        if unsupported or plan.tab is SCIPY_METHOD:
-            what = ", ".join(f"options[{k!r}]" for k in unsupported) or "method='scipy_solver'"
+        if unsupported or not plan.method.own_steps:
+            what = ", ".join(f"options[{k!r}]" for k in unsupported) or f"method={plan.method.name!r}"
             raise ValueError(f"CheckpointAdjoint does not support {what}: it recomputes the plain Runge-Kutta steps "
                              "in reverse; use the backsolve adjoint (ndode.BacksolveAdjoint) for these")
         params = _check_adjoint_params(plan.func, self.params)

@@ -17,9 +17,10 @@ import math
 
 import torch
 
-from ._core import SolverError, _plan
+from .ode.plan import _plan
+from .ode.types import SolverError
 
-__all__ = ["odeint_event"]
+__all__ = ["solve_event"]
 
 BISECTIONS = 200  # far more than enough: the loop stops when the bracket is two adjacent floats
 
@@ -68,22 +69,17 @@ def _find_event(func, y0, t0: float, direction: float, event_fn, rtol, atol, met
     return t_event
 
 
-def odeint_event(func, y0, t0, *, event_fn, reverse_time=False, odeint_interface=None, **kwargs):
-    """Solve ``dy/dt = func(t, y)`` from ``y(t0) = y0`` until ``event_fn(t, y)`` crosses zero (torchdiffeq's API).
+def solve_event(func, y0, t0, *, event_fn, odeint_interface, reverse_time=False, **kwargs):
+    """Solve ``dy/dt = func(t, y)`` from ``y(t0) = y0`` until ``event_fn(t, y)`` crosses zero.
 
     Returns ``(t_event, ys)``: the event time (a 0-dim tensor) and the state at
     ``[t0, t_event]`` (``[2, *y0.shape]``, a tuple of such for a tuple state),
     both differentiable with respect to ``y0``, ``t0``, the parameters of
-    ``func`` and of ``event_fn``. ``reverse_time=True`` integrates towards
-    smaller times. ``odeint_interface`` (default :func:`ndode.odeint`; e.g.
-    :func:`ndode.odeint_adjoint`) makes the differentiable solve; ``kwargs``
-    (``rtol``, ``atol``, ``method``, ``options``, ``adjoint_*``) go to it, and the
-    first four to the event search too. A fixed-step method needs
-    ``options={"step_size": h}`` here (there is no grid of output times).
+    ``func`` and of ``event_fn``. ``odeint_interface`` makes the differentiable
+    solve (``ndode.odeint`` or ``ndode.odeint_adjoint``); ``kwargs`` (``rtol``,
+    ``atol``, ``method``, ``options``, ``adjoint_*``) go to it, and the first four
+    to the event search too. ``ndode.odeint_event`` is this with torchdiffeq's defaults.
     """
-    from .solver import odeint
-
-    odeint_interface = odeint if odeint_interface is None else odeint_interface
     direction = -1.0 if reverse_time else 1.0
     t0_value = float(t0.detach()) if isinstance(t0, torch.Tensor) else float(t0)
     search = {k: kwargs[k] for k in ("rtol", "atol", "method", "options") if kwargs.get(k) is not None}
@@ -106,7 +102,12 @@ def odeint_event(func, y0, t0, *, event_fn, reverse_time=False, odeint_interface
         yd = tuple(y.detach().requires_grad_(True) for y in y_star) if is_tuple else y_star.detach().requires_grad_(True)
         gd = event_fn(tt, yd)
         inputs = (tt, *yd) if is_tuple else (tt, yd)
-        grads = torch.autograd.grad(gd, inputs, allow_unused=True)
+        # an event_fn whose value depends on neither t nor y (torchdiffeq's learn_physics returns zeros_like(t) once
+        # its events are used up) has no path to them: its root does not move with anything, t_event is t*
+        grads = (torch.autograd.grad(gd, inputs, allow_unused=True) if gd.requires_grad
+                 else (None,) * len(inputs))
+    if all(g is None for g in grads) and not G.requires_grad:
+        return t_star_t, ys
     with torch.no_grad():
         f = func(t_star_t.to(state.dtype), yd if not is_tuple else tuple(yd))
         fs = f if is_tuple else (f,)
@@ -125,11 +126,3 @@ def odeint_event(func, y0, t0, *, event_fn, reverse_time=False, odeint_interface
     else:
         ys = torch.stack([ys[0], y_star + fs[0].detach() * dt])
     return t_event, ys
-
-
-def _solve_event(solve, func, y0, t, *, event_fn, **kwargs):
-    """``odeint(..., event_fn=...)``: the direction is that of ``t[1] - t[0]`` when ``t`` has two entries."""
-    times = t.detach().tolist() if isinstance(t, torch.Tensor) else list(t)
-    reverse = len(times) > 1 and times[1] < times[0]
-    t0 = t[0]
-    return odeint_event(func, y0, t0, event_fn=event_fn, reverse_time=reverse, **kwargs)

@@ -92,8 +92,8 @@ def test_backsolve_adjoint_with_the_pi_controller_matches_direct_backprop():
     (dict(controller=ndode.PIController(), options={"safety": 0.8}), ValueError,
      r"options \['safety'\] and options\['controller'\] both given"),
     (dict(controller="pi", options={"controller": "integral"}), ValueError, r"controller given both"),
-    (dict(controller="pi", method="rk4"), ValueError, r"controller applies to an adaptive method; method 'rk4'"),
-    (dict(controller="pi", method="scipy_solver"), ValueError, r"method 'scipy_solver' lets SciPy choose"),
+    (dict(controller="pi", method="rk4"), ValueError, r"controller applies to an adaptive method of ndode's; method 'rk4' takes fixed steps"),
+    (dict(controller="pi", method="scipy_solver"), ValueError, r"method 'scipy_solver' chooses its own steps"),
     (dict(controller="pi", options={"step_size": 0.1}), ValueError, r"do not apply with options\['step_size'\]"),
 ])
 def test_bad_controller_input_is_named(kwargs, exc, msg):
