@@ -64,6 +64,17 @@ class _Integrator:
     ``cb(t, y, dt)``) and the options ``perturb``, ``jump_t``, ``step_t``,
     ``min_step``, ``max_step`` and ``grid_constructor`` follow torchdiffeq's
     meaning; each is a branch on ``None`` when unused, so they cost nothing then.
+
+    An adaptive solve's steps end exactly on ``step_t`` and ``jump_t``; after a
+    jump time ``f`` is evaluated afresh one ulp past it, and a step ending on it
+    evaluates its last stage one ulp before (torchdiffeq's meaning). The hooks
+    are arguments of the solve: with ``on_output`` (the adjoint's jumps) every
+    output time is hit exactly and ``on_output(i, y)`` may replace the state
+    there; the step-size proposal survives the clipping, so output times cost
+    no restarts. ``event(t, y, t_next, y_new, interp)`` is asked after each
+    accepted step; a result other than ``None`` ends the solve and is returned.
+    ``on_step(t, h, y, outs)`` sees every accepted step (``outs``: see
+    ``_outputs``; the checkpointed adjoint records the steps with it).
     """
 
     def __init__(self, func, tab: ButcherTableau, rtol, atol, options, stats: SolverStats, norm, dtype, device,
@@ -260,157 +271,145 @@ class _Integrator:
         return min(100 * h0, h1, span)
 
     def solve_adaptive(self, y0, times, on_output=None, event=None, on_step=None):
-        """Integrate through ``times``; returns the states at ``times``.
-
-        With ``on_output`` (the adjoint's jumps), every output time is hit
-        exactly (as by a tableau without a dense output) and ``on_output(i, y)`` may replace the state there; the step
-        size proposal survives the clipping, so output times cost no
-        restarts. Steps also end exactly on ``step_t`` and ``jump_t``; after a
-        jump time ``f`` is evaluated afresh one ulp past it, and a step ending
-        on it evaluates its last stage one ulp before (torchdiffeq's meaning).
-        ``event(t, y, t_next, y_new, interp)`` is asked after each accepted
-        step; a result other than ``None`` ends the solve and is returned.
-        ``on_step(t, h, y, outs)`` sees every accepted step: its start ``t`` and
-        size ``h``, the state ``y`` it started from, and the outputs it produced
-        as ``(index, theta)`` pairs, ``theta=None`` for the step's end state, else
-        the dense output at ``t + theta*h`` (the checkpointed adjoint records the
-        steps with it).
-        """
-        tab = self.tab
+        """Integrate through ``times``; returns the states at ``times`` (or what ``event`` returned). The hooks
+        ``on_output``, ``event``, ``on_step`` and the options ``step_t``/``jump_t``: see the class docstring."""
+        tab, stats, n_out = self.tab, self.stats, len(times)
         t0, t_end = times[0], times[-1]
         direction = 1.0 if t_end > t0 else -1.0
-        span = abs(t_end - t0)
-        # forced stops strictly inside the span (step_t, jump_t), in the direction of integration
-        jumps = self.opts.get("jump_t", ())
-        stops = sorted({x for x in (*self.opts.get("step_t", ()), *jumps) if direction * (x - t0) > 0
-                        and direction * (t_end - x) > 0}, key=lambda x: direction * x)
-        jumps = set(jumps)
-        n_stop, js = len(stops), 0
+        stops, jumps = self._stops(t0, t_end, direction)
         # a tableau without a dense output steps onto every output time (its accuracy, not an interpolant's)
         stop_at_outputs = on_output is not None or tab.dense is None
-        cb_step, cb_accept, cb_reject = self.cb_step, self.cb_accept, self.cb_reject
-        min_step, max_step = self.min_step, self.max_step
         control = self.controller.begin(tab.error_order)
-        y = y0
         k = self.f(t0, y0)
-        if "first_step" in self.opts:
-            dt = self.opts["first_step"]
-            y0_checked = False  # the first error-norm read checks y0
-        else:
-            dt = self.initial_step(t0, y0, k, direction, min(span, max_step))  # its read checks y0
-            y0_checked = True
-        if min_step > 0.0 or max_step < math.inf:
-            dt = min(max(dt, min_step), max_step)
-        ys = [y0]
-        i = 1
-        n_out = len(times)
-        t = t0
-        nonfinite = False
-        stats = self.stats
+        unchecked = y0 if "first_step" in self.opts else None  # the first error-norm read checks y0 ...
+        dt = self.opts["first_step"] if unchecked is not None else \
+            self.initial_step(t0, y0, k, direction, min(abs(t_end - t0), self.max_step))  # ... or this one's
+        t, y, ys, i, js, nonfinite = t0, y0, [y0], 1, 0, False
         while i < n_out:
+            dt = min(max(dt, self.min_step), self.max_step)  # the one clamp: every proposal passes here
             if stats.n_accepted + stats.n_rejected >= self.max_num_steps:
-                self._fail(f"max_num_steps={self.max_num_steps} reached before t={times[-1]!r}", t, direction * dt)
-            target = times[i] if stop_at_outputs else t_end
-            while js < n_stop and direction * (stops[js] - t) <= 0:
+                self._fail(f"max_num_steps={self.max_num_steps} reached before t={t_end!r}", t, direction * dt)
+            while js < len(stops) and direction * (stops[js] - t) <= 0:
                 js += 1
-            on_stop = js < n_stop and direction * (stops[js] - target) <= 0
-            if on_stop:
-                target = stops[js]
-            t_next = t + direction * dt
-            # a step ending a few ulps short of the target would leave a sliver that no step can take
-            # (an underflow): such a step goes to the target itself, as diffrax's clipping does
-            clipped = direction * (target - t_next) <= SNAP_ULPS * max(math.ulp(target), math.ulp(t_next))
-            if clipped and span != math.inf:
-                t_next = target
-            else:
-                clipped = on_stop = False
+            target = times[i] if stop_at_outputs else t_end
+            on_stop = js < len(stops) and direction * (stops[js] - target) <= 0
+            t_next, clipped = self._clip(t, dt, stops[js] if on_stop else target, direction, t_end - t0)
             h = t_next - t
-            if abs(h) <= 10 * abs(math.nextafter(t, direction * math.inf) - t):
-                what = "step size underflow"
-                if nonfinite:
-                    what += " after non-finite values (nan or inf) in the state or its derivative"
-                self._fail(what, t, h)
-            if cb_step is not None:
-                self._callback(cb_step, t, y, h)
-            on_jump = on_stop and t_next in jumps
-            if on_jump:
-                y_new, ks = self.step(t, y, h, k, self._nudged(t_next, t))
-            else:
-                y_new, ks = self.step(t, y, h, k)
-            with torch.no_grad():
-                err = _lincomb(h, tab.b_err, ks)
-                scale = torch.maximum(y.abs(), y_new.abs()).mul_(self.rtol).add_(self.atol)
-                err_norm = self.norm(err.div_(scale))
-                if not y0_checked:  # y0's finiteness rides on this read (err / inf can be 0: not enough)
-                    err_norm = torch.where(torch.isfinite(y0).all(), err_norm, math.nan)
-                err_norm = float(err_norm)
-            if not (y0_checked or math.isfinite(err_norm)):
-                self.check_y0(y0)
-            y0_checked = True
-            if err_norm <= 1.0 or (min_step > 0.0 and abs(h) <= min_step and math.isfinite(err_norm)):
-                stats.n_accepted += 1
-                if cb_accept is not None:
-                    self._callback(cb_accept, t, y, h)
-                factor = control.accept(err_norm)
-                k = ks[-1] if tab.fsal else None
-                f1 = None
-                if tab.dense is None:  # the interpolant needs f at the step's end; the next step reuses it
-
-                    def f1():
-                        nonlocal k
-                        if k is None:
-                            k = self.f(t_next, y_new, self._nudged(t_next, t) if on_jump else None)
-                        return k
-                # outputs inside (t, t_next]
-                interp = None
-                outs = []
-                while i < n_out and direction * (times[i] - t_next) <= 0:
-                    outs.append((i, None if times[i] == t_next else (times[i] - t) / h))
-                    i += 1
-                if len(outs) > 2 and tab.dense is not None:  # many outputs in one step: one contraction
-                    many = self.interpolate_many(y, h, ks, [th if th is not None else 1.0 for _, th in outs])
-                    ys.extend(many.unbind(0))
-                    if outs[-1][1] is None:
-                        ys[-1] = y_new
-                else:
-                    for j, th in outs:
-                        if th is None:
-                            ys.append(y_new)
-                        else:
-                            if interp is None:
-                                interp = self._stepper(t, y, h, ks, y_new, f1)
-                            ys.append(interp(times[j]))
-                if on_step is not None:  # the checkpointed adjoint records the step and its outputs
-                    on_step(t, h, y, outs)
-                if event is not None:
-                    hit = event(t, y, t_next, y_new, interp or self._stepper(t, y, h, ks, y_new, f1))
-                    if hit is not None:
-                        return hit
-                if on_jump:
-                    k = None  # f is evaluated afresh on the far side of the discontinuity
-                if on_stop:
-                    js += 1
-                if on_output is not None and clipped and t_next == times[i - 1]:
-                    jumped = on_output(i - 1, y_new)
-                    if jumped is not None:
-                        y_new = jumped
-                        ys[-1] = y_new
-                        k = None
-                new_dt = abs(h) * factor
-                # a clipped step was shortened by an output time, not by the controller: keep the longer proposal
-                # from before the clip when the controller would grow the step, but follow its advice to shrink
-                dt = max(new_dt, dt) if clipped and factor > 1.0 else new_dt
-                if min_step > 0.0 or max_step < math.inf:
-                    dt = min(max(dt, min_step), max_step)
-                t, y = t_next, y_new
-                if k is None and i < n_out:
-                    k = self.f(t, y, self._nudged(t, t + direction) if on_jump else None)
-            else:
+            self._check_underflow(t, h, direction, nonfinite)
+            if self.cb_step is not None:
+                self._callback(self.cb_step, t, y, h)
+            on_jump = on_stop and clipped and t_next in jumps
+            y_new, ks = self.step(t, y, h, k, self._nudged(t_next, t) if on_jump else None)
+            err, unchecked = self._error_norm(h, ks, y, y_new, unchecked), None
+            if not (err <= 1.0 or (self.min_step > 0.0 and abs(h) <= self.min_step and math.isfinite(err))):
                 stats.n_rejected += 1
-                if cb_reject is not None:
-                    self._callback(cb_reject, t, y, h)
-                nonfinite = nonfinite or not math.isfinite(err_norm)
-                dt = abs(h) * control.reject(err_norm)
-                if min_step > 0.0 or max_step < math.inf:
-                    dt = min(max(dt, min_step), max_step)
+                if self.cb_reject is not None:
+                    self._callback(self.cb_reject, t, y, h)
+                nonfinite = nonfinite or not math.isfinite(err)
+                dt = abs(h) * control.reject(err)
+                continue
+            stats.n_accepted += 1
+            if self.cb_accept is not None:
+                self._callback(self.cb_accept, t, y, h)
+            factor = control.accept(err)
+            k = ks[-1] if tab.fsal else None
+            # the Hermite interpolant of a tableau without a dense output needs f at the step's end; so does the next step
+            f1 = None if tab.dense is not None else _Lazy(
+                lambda: self.f(t_next, y_new, self._nudged(t_next, t) if on_jump else None), k)
+            i, outs, interp = self._outputs(t, y, h, ks, y_new, f1, times, i, t_next, direction, ys)
+            if on_step is not None:  # the checkpointed adjoint records the step and its outputs
+                on_step(t, h, y, outs)
+            if event is not None:
+                hit = event(t, y, t_next, y_new, interp or self._stepper(t, y, h, ks, y_new, f1))
+                if hit is not None:
+                    return hit
+            k = None if on_jump else (f1.value if f1 is not None else k)  # after a jump: f afresh beyond it
+            if on_output is not None and clipped and t_next == times[i - 1]:
+                jumped = on_output(i - 1, y_new)
+                if jumped is not None:
+                    y_new = ys[-1] = jumped
+                    k = None
+            # a clipped step was shortened by an output time, not by the controller: keep the longer proposal
+            # from before the clip when the controller would grow the step, but follow its advice to shrink
+            dt = max(abs(h) * factor, dt) if clipped and factor > 1.0 else abs(h) * factor
+            t, y = t_next, y_new
+            if k is None and i < n_out:
+                k = self.f(t, y, self._nudged(t, t + direction) if on_jump else None)
         return ys
+
+    def _stops(self, t0, t_end, direction):
+        """The forced stops strictly inside the span (``step_t``, ``jump_t``) in the direction of integration, and
+        the jump times."""
+        jumps = self.opts.get("jump_t", ())
+        stops = sorted({x for x in (*self.opts.get("step_t", ()), *jumps)
+                        if direction * (x - t0) > 0 and direction * (t_end - x) > 0}, key=lambda x: direction * x)
+        return stops, set(jumps)
+
+    @staticmethod
+    def _clip(t, dt, target, direction, span):
+        """The step's end and whether it was clipped onto ``target``: a step ending a few ulps short of the target
+        would leave a sliver that no step can take (an underflow), so it goes to the target itself, as diffrax's
+        clipping does. An event solve (infinite span) has no target."""
+        t_next = t + direction * dt
+        clipped = (math.isfinite(span)
+                   and direction * (target - t_next) <= SNAP_ULPS * max(math.ulp(target), math.ulp(t_next)))
+        return (target, True) if clipped else (t_next, False)
+
+    def _check_underflow(self, t, h, direction, nonfinite):
+        if abs(h) <= 10 * abs(math.nextafter(t, direction * math.inf) - t):
+            what = "step size underflow"
+            if nonfinite:
+                what += " after non-finite values (nan or inf) in the state or its derivative"
+            self._fail(what, t, h)
+
+    def _error_norm(self, h, ks, y, y_new, unchecked):
+        """The scaled RMS norm of the step's error estimate, read to the host (the step's one sync). ``unchecked``:
+        a y0 not yet checked for finiteness, whose check rides on this read (err / inf can be 0: not enough)."""
+        with torch.no_grad():
+            err = _lincomb(h, self.tab.b_err, ks)
+            scale = torch.maximum(y.abs(), y_new.abs()).mul_(self.rtol).add_(self.atol)
+            err_norm = self.norm(err.div_(scale))
+            if unchecked is not None:
+                err_norm = torch.where(torch.isfinite(unchecked).all(), err_norm, math.nan)
+            err_norm = float(err_norm)
+        if unchecked is not None and not math.isfinite(err_norm):
+            self.check_y0(unchecked)
+        return err_norm
+
+    def _outputs(self, t, y, h, ks, y_new, f1, times, i, t_next, direction, ys):
+        """Append the states at the output times in ``(t, t_next]`` to ``ys``; returns the next output's index, the
+        outputs as ``(index, theta)`` pairs (``theta=None`` for the step's end state, else the dense output at
+        ``t + theta*h``) and the step's interpolant if one was built."""
+        outs = []
+        while i < len(times) and direction * (times[i] - t_next) <= 0:
+            outs.append((i, None if times[i] == t_next else (times[i] - t) / h))
+            i += 1
+        interp = None
+        if len(outs) > 2 and self.tab.dense is not None:  # many outputs in one step: one contraction
+            ys.extend(self.interpolate_many(y, h, ks, [th if th is not None else 1.0 for _, th in outs]).unbind(0))
+            if outs[-1][1] is None:
+                ys[-1] = y_new
+            return i, outs, interp
+        for j, th in outs:
+            if th is None:
+                ys.append(y_new)
+            else:
+                if interp is None:
+                    interp = self._stepper(t, y, h, ks, y_new, f1)
+                ys.append(interp(times[j]))
+        return i, outs, interp
+
+
+class _Lazy:
+    """A value computed on first use and kept (f at a step's end: wanted by a Hermite interpolant, maybe, and by
+    the next step)."""
+
+    __slots__ = ("fn", "value")
+
+    def __init__(self, fn, value=None):
+        self.fn, self.value = fn, value
+
+    def __call__(self):
+        if self.value is None:
+            self.value = self.fn()
+        return self.value
