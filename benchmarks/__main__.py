@@ -17,8 +17,21 @@ from pathlib import Path
 
 import torch
 
-from . import (adjoint_memory, adjoint_nfe, batch_coupling, checkpoint_adjoint, cnf_step, ddp_scaling, detest,
-               latent_ode_step, odenet_step, overhead, poisson_step, report, work_precision)
+from . import (
+    adjoint_memory,
+    adjoint_nfe,
+    batch_coupling,
+    checkpoint_adjoint,
+    cnf_step,
+    ddp_scaling,
+    detest,
+    latent_ode_step,
+    odenet_step,
+    overhead,
+    poisson_step,
+    report,
+    work_precision,
+)
 from . import peers as P
 from .timing import machine_info
 

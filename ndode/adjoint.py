@@ -49,7 +49,7 @@ def _check_adjoint_params(func, adjoint_params) -> tuple[torch.Tensor, ...]:
         return tuple(p for p in func.parameters() if p.requires_grad)
     if isinstance(adjoint_params, torch.Tensor) or not isinstance(adjoint_params, (list, tuple)):
         raise TypeError(f"adjoint_params must be a list or tuple of tensors, got {type(adjoint_params).__name__}")
-    seen = {}
+    seen: dict[int, int] = {}
     for i, p in enumerate(adjoint_params):
         if not isinstance(p, torch.Tensor):
             raise TypeError(f"adjoint_params[{i}] must be a tensor, got {type(p).__name__}")
@@ -120,7 +120,7 @@ class _Adjoint(torch.autograd.Function):
         def on_output(j, aug):
             i = n - 1 - j  # the backward solve visits outputs from last to first
             a = aug[ny : 2 * ny]
-            if want_t:
+            if grad_t is not None:
                 fi = f_at(i).reshape(-1)
                 if i == 0:
                     grad_t[0] = -torch.dot(a, fi)
@@ -145,7 +145,7 @@ class _Adjoint(torch.autograd.Function):
                                           callbacks=_callbacks(plan.func, adj.options, "_adjoint"))
             aug0 = torch.cat([ys[-1].reshape(-1), grad_ys[-1].reshape(-1),
                               torch.zeros(np_, dtype=dtype, device=device)])
-            if want_t:
+            if grad_t is not None:
                 grad_t[-1] = torch.dot(grad_ys[-1].reshape(-1), f_at(n - 1).reshape(-1))
             back_times = times[::-1]
             with torch.no_grad():
@@ -210,7 +210,7 @@ class BacksolveAdjoint(Adjoint):
         if options is not None and not isinstance(options, dict):
             raise TypeError(f"adjoint_options must be a dict or None, got {type(options).__name__}")
         self.options = None if options is None else dict(options)
-        self.norm = DEFAULT_ADJOINT_NORM if options is None else self.options.pop("norm", DEFAULT_ADJOINT_NORM)
+        self.norm = DEFAULT_ADJOINT_NORM if self.options is None else self.options.pop("norm", DEFAULT_ADJOINT_NORM)
         if not (callable(self.norm) or self.norm in ADJOINT_NORMS):
             raise ValueError(f"adjoint_options['norm'] must be one of {', '.join(ADJOINT_NORMS)} or a callable, "
                              f"got {self.norm!r}")

@@ -31,6 +31,7 @@ from typing import Sequence
 import torch
 
 from .adjoint import _check_adjoint_params
+from .ode.methods import RungeKuttaMethod
 from .ode.plan import Adjoint
 from .ode.types import Solution, SolverStats
 
@@ -72,7 +73,7 @@ class _Checkpointed(torch.autograd.Function):
         want_t = ctx.needs_input_grad[2]
         ctx.params, ctx.t_like = params, (t.dtype, t.device) if want_t else None
         ctx.save_for_backward(*(tape.kept[k] for k in ctx.kept_at), *((ys,) if want_t else ()))
-        tape.kept = None
+        tape.kept = {}  # they live in the saved tensors now
         return ys
 
     @staticmethod
@@ -91,12 +92,13 @@ class _Checkpointed(torch.autograd.Function):
                                        p.device, phase="backward pass")
         steps = tape.steps
         inputs_tail = params
-        grad_params = [None] * len(params)
+        grad_params: list[torch.Tensor | None] = [None] * len(params)
         a = torch.zeros_like(grad_ys[0])  # ∂L/∂y at the end of the step being reversed
         # FSAL methods (dopri5, tsit5, bosh3) start an adaptive step with the previous step's last stage,
         # f(t_prev + h_prev, y): that stage is an input of the step (its value recomputed without a graph) and
         # its gradient gk goes back to the previous step, where the stage is part of the recomputed graph
-        tab = plan.method.tab  # a Runge-Kutta method: run() refused the others
+        assert isinstance(plan.method, RungeKuttaMethod)  # run() refused the others
+        tab = plan.method.tab
         fsal = tab.fsal and "step_size" not in plan.options
         c_last = tab.c[-1]
         gk = None
@@ -204,8 +206,8 @@ class _Checkpointed(torch.autograd.Function):
         stats.nfe_backward = bstats.nfe
         stats.n_accepted_backward = bstats.n_accepted
         stats.n_rejected_backward = 0
-        grad_params = [torch.zeros_like(q) if g is None else g for g, q in zip(grad_params, params)]
-        return (None, None, grad_t, grad_y0, *grad_params)
+        grads = [torch.zeros_like(q) if g is None else g for g, q in zip(grad_params, params)]
+        return (None, None, grad_t, grad_y0, *grads)
 
 
 _NOT_RECOMPUTED = ("perturb", "jump_t", "step_t", "grid_constructor")

@@ -14,6 +14,7 @@ Newton correction) and the gradient ``-(∂G/∂θ) / D`` the theorem gives, and
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
@@ -99,7 +100,8 @@ def solve_event(func, y0, t0, *, event_fn, odeint_interface, reverse_time=False,
     # D = dG/dt along the solution = ∂g/∂t + ∇_y g · f, a number (no graph)
     with torch.enable_grad():
         tt = t_star_t.detach().requires_grad_(True)
-        yd = tuple(y.detach().requires_grad_(True) for y in y_star) if is_tuple else y_star.detach().requires_grad_(True)
+        yd: Any = (tuple(y.detach().requires_grad_(True) for y in y_star) if isinstance(y_star, tuple)
+                   else y_star.detach().requires_grad_(True))
         gd = event_fn(tt, yd)
         inputs = (tt, *yd) if is_tuple else (tt, yd)
         # an event_fn whose value depends on neither t nor y (torchdiffeq's learn_physics returns zeros_like(t) once

@@ -2,11 +2,10 @@
 
 import pytest
 import torch
+from _fields import D, MLPField, functional_field
 
 import ndode
 from ndode.memory import saved_tensor_bytes
-
-from _fields import D, MLPField, functional_field
 
 
 def _grads(m, y0, t, w, adjoint, **kw):

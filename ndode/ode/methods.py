@@ -13,12 +13,28 @@ tableau is one entry (:class:`RungeKuttaMethod`); SciPy's ``solve_ivp``
 
 from __future__ import annotations
 
+from typing import Protocol
+
 from ..scipy_solver import SCIPY_METHOD
 from ..tableau import TABLEAUS, ButcherTableau
 from .checks import _check_options
 from .integrator import _Integrator
 
-__all__ = ["RungeKuttaMethod", "REGISTRY", "METHODS", "get_method"]
+__all__ = ["Method", "RungeKuttaMethod", "REGISTRY", "METHODS", "get_method"]
+
+
+class Method(Protocol):
+    """What the engine asks of a method (see the module docstring)."""
+
+    name: str
+    adaptive: bool
+    own_steps: bool
+    differentiable: bool
+
+    def check_options(self, options, arg: str = "options", also=()) -> dict: ...
+
+    def integrator(self, func, rtol, atol, options, stats, dtype, device, *, norm=None, phase="", callbacks=None,
+                   unpack=None): ...
 
 
 class RungeKuttaMethod:
@@ -42,13 +58,13 @@ class RungeKuttaMethod:
                            callbacks=callbacks, unpack=unpack)
 
 
-REGISTRY = {name: RungeKuttaMethod(tab) for name, tab in TABLEAUS.items()}
+REGISTRY: dict[str, Method] = {name: RungeKuttaMethod(tab) for name, tab in TABLEAUS.items()}
 REGISTRY[SCIPY_METHOD.name] = SCIPY_METHOD
 # ndode's own Runge–Kutta methods by name (``ndode.METHODS``; the registry adds ``scipy_solver``)
 METHODS = tuple(TABLEAUS)
 
 
-def get_method(method, arg="method"):
+def get_method(method, arg="method") -> Method:
     """The method object registered under ``method``; a clear error naming the known ones otherwise."""
     if not isinstance(method, str) or method not in REGISTRY:
         raise ValueError(f"unknown {arg} {method!r}; known methods: {', '.join(REGISTRY)}")

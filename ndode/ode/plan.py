@@ -13,14 +13,15 @@ from typing import Callable
 import torch
 
 from .checks import _check_t, _check_tol
-from .methods import get_method
+from .methods import Method, get_method
 from .packing import _Packing, _user_norm
 from .types import Solution, SolverStats
+
 
 @dataclass
 class _Plan:
     func: Callable
-    method: object  # a method object from the registry (ndode.ode.methods)
+    method: Method  # from the registry (ndode.ode.methods)
     times: list
     rtol: float
     atol: float
