@@ -41,21 +41,25 @@ def _find_event(func, y0, t0: float, direction: float, event_fn, rtol, atol, met
 
     def on_step(t, y, t_next, y_new, interp):
         g1 = g(t_next, y_new)
-        if g1 == 0.0:
-            return t_next
-        if (g1 > 0) == (g0[0] > 0) or g0[0] == 0.0:
+        if g0[0] == 0.0:  # started on a root: wait until event_fn leaves it (one that stays 0 ends the solve now)
+            if g1 == 0.0:
+                return t_next
             g0[0] = g1
             return None
-        lo, hi, glo = t, t_next, g0[0]  # bisect to adjacent floats
+        if g1 != 0.0 and (g1 > 0) == (g0[0] > 0):
+            g0[0] = g1
+            return None
+        # a sign change, or a zero at the step's end: bisect to adjacent floats for the first time where event_fn
+        # leaves its sign at the step's start. A zero counts as left: an event_fn that drops to 0 past a terminal
+        # time (torchdiffeq's learn_physics) has its event there, and a sign change inside the step comes first.
+        lo, hi, sign = t, t_next, g0[0] > 0
         for _ in range(BISECTIONS):
             mid = 0.5 * (lo + hi)
             if mid in (lo, hi):
                 break
             gm = g(mid, interp(mid))
-            if gm == 0.0:
-                return mid
-            if (gm > 0) == (glo > 0):
-                lo, glo = mid, gm
+            if gm != 0.0 and (gm > 0) == sign:
+                lo = mid
             else:
                 hi = mid
         return hi

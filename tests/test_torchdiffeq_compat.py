@@ -383,3 +383,22 @@ def test_odeint_event_with_an_event_fn_that_depends_on_nothing():
         assert torch.allclose(ys[1], expected, atol=1e-6)
         (g,) = torch.autograd.grad(ys[1, 0], y0)
         assert torch.allclose(g, torch.stack([torch.cos(t_event), torch.sin(t_event)]), atol=1e-6)
+
+
+def test_odeint_event_finds_the_first_root_in_a_step_ending_on_zero():
+    # learn_physics' event_fn drops to exactly 0 past a terminal time T. A step that jumps past T must not end the
+    # solve at its own end: the event is the first time event_fn leaves its sign, a crossing inside the step or T.
+    T = 3.0
+
+    def event_fn(t, y):
+        return torch.zeros_like(t) if t > T else y[0] - 0.5
+
+    def falling(t, y):  # y = 1 - t crosses 0.5 at t = 0.5, inside the (long) first steps of this linear solve
+        return -torch.ones_like(y)
+
+    t_event, _ = ndode.odeint_event(falling, torch.ones(1, dtype=torch.float64), torch.tensor(0.0, dtype=torch.float64),
+                                    event_fn=event_fn)
+    assert abs(float(t_event) - 0.5) < 1e-9
+    t_event, _ = ndode.odeint_event(lambda t, y: torch.zeros_like(y), torch.ones(1, dtype=torch.float64),
+                                    torch.tensor(0.0, dtype=torch.float64), event_fn=event_fn)  # no crossing: T
+    assert abs(float(t_event) - T) < 1e-9

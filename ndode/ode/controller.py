@@ -169,7 +169,7 @@ class _PIState(ControllerState):
         return max(self.c.min_factor, self.c.safety * err**self.alpha)
 
 
-# the controllers by name, for configs (``solver.controller: pi``) and ``options={"controller": "pi"}``
+# the controllers by name: ``controller="pi"``, ``options={"controller": "pi"}`` (a config can name one)
 CONTROLLERS = {"integral": IController, "pi": PIController}
 
 
