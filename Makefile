@@ -14,7 +14,7 @@ DASH_STAMP := $(VENV)/.dashboard-stamp
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-ddp gpu-check gpu-check-prepare demo reproduce-mnist reproduce-cnf reproduce-latent-ode reproduce-poisson reproduce tables figures publish bench bench-quick sync dashboard
+.PHONY: help install lint test test-ddp gpu-check gpu-check-prepare demo reproduce-mnist reproduce-cnf reproduce-latent-ode reproduce-poisson reproduce tables figures publish bench bench-quick sync dashboard
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sed 's|$$(VENV)|$(VENV)|g; s|$$(JOBS)|$(JOBS)|g' \
@@ -31,6 +31,14 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP) ## create $(VENV) and install ndode with its experiment and test extras
+
+# the solver modules mypy checks (the engine and its wrappers; see pyproject's [tool.mypy])
+MYPY_MODULES := ndode/ode ndode/solver.py ndode/adjoint.py ndode/checkpoint_adjoint.py ndode/event.py ndode/api.py \
+	ndode/scipy_solver.py ndode/tableau.py ndode/memory.py
+
+lint: $(STAMP) ## ruff (pyflakes, bugbear, import order) over the repository, mypy over the solver modules
+	$(PY) -m ruff check .
+	$(PY) -m mypy $(MYPY_MODULES)
 
 test: $(BENCH_STAMP) $(DASH_STAMP) ## run the test suite (what CI runs; installs the bench and dashboard extras too, for their tests)
 	WANDB_MODE=disabled $(PY) -m pytest -q

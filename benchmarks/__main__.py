@@ -17,13 +17,26 @@ from pathlib import Path
 
 import torch
 
-from . import (adjoint_memory, adjoint_nfe, batch_coupling, checkpoint_adjoint, cnf_step, ddp_scaling,
-               latent_ode_step, odenet_step, overhead, poisson_step, report, work_precision)
+from . import (
+    adjoint_memory,
+    adjoint_nfe,
+    batch_coupling,
+    checkpoint_adjoint,
+    cnf_step,
+    ddp_scaling,
+    detest,
+    latent_ode_step,
+    odenet_step,
+    overhead,
+    poisson_step,
+    report,
+    work_precision,
+)
 from . import peers as P
 from .timing import machine_info
 
 MODULES = {m.NAME: m for m in (overhead, work_precision, odenet_step, adjoint_memory, batch_coupling, adjoint_nfe,
-                                cnf_step, checkpoint_adjoint, latent_ode_step, poisson_step, ddp_scaling)}
+                                cnf_step, checkpoint_adjoint, latent_ode_step, poisson_step, ddp_scaling, detest)}
 PROFILES = ("full", "quick", "tiny")
 
 

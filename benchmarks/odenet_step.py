@@ -152,7 +152,7 @@ def run(sizes: dict, peers=P.PEERS) -> pd.DataFrame:
         del reference
         check = {n: float((func_grads(m, torch.float32) - g_ref).norm() / g_ref.norm()) for n, m in models.items()}
     rows = []
-    for name, m in models.items():
+    for name in models:
         lib, norm = name.split(" (")
         rows.append(dict(variant=name, library=lib, norm=norm.rstrip(")"), batch=sizes["batch"],
                          nfe_forward=counts[name][0], nfe_backward=counts[name][1], host_reads=reads[name],

@@ -36,10 +36,31 @@ import torch
 from omegaconf import OmegaConf
 
 from ndode import SolverError
-from ndode.data.toy2d import (DATASETS, PLOT_BOX, QUAD_BOX, TARGETS, check_name, energy, grid_kl, log_z, outside_box,
-                              quadrature_grid, sample_data)
-from ndode.harness import (BudgetConfig, ConfigError, ExperimentConfig, RunContext, Task, atomic_save, ranged,
-                           register_schema, run_experiment, solver_kwargs)
+from ndode.data.toy2d import (
+    DATASETS,
+    PLOT_BOX,
+    QUAD_BOX,
+    TARGETS,
+    check_name,
+    energy,
+    grid_kl,
+    log_z,
+    outside_box,
+    quadrature_grid,
+    sample_data,
+)
+from ndode.harness import (
+    BudgetConfig,
+    ConfigError,
+    ExperimentConfig,
+    RunContext,
+    Task,
+    atomic_save,
+    ranged,
+    register_schema,
+    run_experiment,
+    solver_kwargs,
+)
 from ndode.models.cnf import CNF, ConcatMLPDynamics, HyperPlanarDynamics
 from ndode.models.planar import PlanarFlow
 

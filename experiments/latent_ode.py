@@ -48,8 +48,18 @@ import torch
 import ndode
 from ndode.data.spiral_events import EventRate, make_spiral_events
 from ndode.data.spirals import make_spirals, spiral_readings
-from ndode.harness import (BudgetConfig, ConfigError, ExperimentConfig, RunContext, Task, atomic_save, ranged,
-                           register_schema, run_experiment, solver_kwargs)
+from ndode.harness import (
+    BudgetConfig,
+    ConfigError,
+    ExperimentConfig,
+    RunContext,
+    Task,
+    atomic_save,
+    ranged,
+    register_schema,
+    run_experiment,
+    solver_kwargs,
+)
 from ndode.models.latent_ode import LatentODE, PoissonLatentODE, latent_ode_elbo, poisson_log_likelihood
 from ndode.models.rnn import RNNBaseline, rnn_nll
 
@@ -508,7 +518,7 @@ class PoissonTask(LatentODETask):
         z_grid, stats = self.model.trajectory(mean, self.t, None, **kw)
         out = {"x_pred": self.model.decoder(z_grid), "z0": mean, "nfe": stats.nfe}
         if self.model.poisson:
-            w, n_seq = data.n_window, len(data)
+            n_seq = len(data)
             out["rate_grid"] = self.model.rate(z_grid)  # [B, T]
             # one solve through the window's events, t_window and the held-out later events
             ft, fmask = data.future_times.to(self.device), data.future_mask.to(self.device)

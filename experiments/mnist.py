@@ -32,9 +32,19 @@ import torch
 from torch import nn
 
 from ndode.data.mnist import mnist_datasets
-from ndode.harness import ddp
-from ndode.harness import (BudgetConfig, ConfigError, ExperimentConfig, RunContext, Task, atomic_write_text, ranged,
-                           register_schema, run_experiment, solver_kwargs)
+from ndode.harness import (
+    BudgetConfig,
+    ConfigError,
+    ExperimentConfig,
+    RunContext,
+    Task,
+    atomic_write_text,
+    ddp,
+    ranged,
+    register_schema,
+    run_experiment,
+    solver_kwargs,
+)
 from ndode.memory import saved_tensor_bytes
 from ndode.models.mnist import build_mnist_model, count_parameters
 from ndode.models.odeblock import ode_blocks

@@ -23,8 +23,18 @@ import torch
 
 import ndode
 from ndode.data.spiral_ode import make_spiral_data, spiral_dynamics
-from ndode.harness import (BudgetConfig, ConfigError, ExperimentConfig, RunContext, Task, atomic_save, ranged,
-                           register_schema, run_experiment, solver_kwargs)
+from ndode.harness import (
+    BudgetConfig,
+    ConfigError,
+    ExperimentConfig,
+    RunContext,
+    Task,
+    atomic_save,
+    ranged,
+    register_schema,
+    run_experiment,
+    solver_kwargs,
+)
 from ndode.models.ode_demo import ODEFunc
 
 

@@ -25,12 +25,13 @@ from typing import Sequence
 
 import torch
 
-from ._core import (Adjoint, Solution, SolverStats, _callbacks, _check_method, _check_options, _check_tol, _Integrator,
-                    _max_rms_norm)
-from .scipy_solver import SCIPY_METHOD, ScipyIntegrator
-from .solver import solve
+from .ode.checks import _check_tol
+from .ode.methods import get_method
+from .ode.packing import _max_rms_norm
+from .ode.plan import Adjoint, _callbacks
+from .ode.types import Solution, SolverStats
 
-__all__ = ["BacksolveAdjoint", "odeint_adjoint", "ADJOINT_NORMS"]
+__all__ = ["BacksolveAdjoint", "ADJOINT_NORMS"]
 
 ADJOINT_NORMS = ("seminorm", "full")
 # Measured on the MNIST ODE-Net (README, "Adjoint error control"): same gradients, fewer backward evaluations.
@@ -48,7 +49,7 @@ def _check_adjoint_params(func, adjoint_params) -> tuple[torch.Tensor, ...]:
         return tuple(p for p in func.parameters() if p.requires_grad)
     if isinstance(adjoint_params, torch.Tensor) or not isinstance(adjoint_params, (list, tuple)):
         raise TypeError(f"adjoint_params must be a list or tuple of tensors, got {type(adjoint_params).__name__}")
-    seen = {}
+    seen: dict[int, int] = {}
     for i, p in enumerate(adjoint_params):
         if not isinstance(p, torch.Tensor):
             raise TypeError(f"adjoint_params[{i}] must be a tensor, got {type(p).__name__}")
@@ -119,7 +120,7 @@ class _Adjoint(torch.autograd.Function):
         def on_output(j, aug):
             i = n - 1 - j  # the backward solve visits outputs from last to first
             a = aug[ny : 2 * ny]
-            if want_t:
+            if grad_t is not None:
                 fi = f_at(i).reshape(-1)
                 if i == 0:
                     grad_t[0] = -torch.dot(a, fi)
@@ -139,16 +140,12 @@ class _Adjoint(torch.autograd.Function):
                 norm = _channel_norm(adj.norm, plan.packing.shapes, [p.shape for p in params], dtype, device, reduce)
             else:
                 norm = _max_rms_norm((*ysizes, *ysizes) + (tuple(psizes) if adj.norm == "full" else ()), reduce)
-            if adj.tab is SCIPY_METHOD:
-                integ = ScipyIntegrator(aug_dynamics, adj.rtol, adj.atol, adj.options, bstats, dtype, device,
-                                        phase="backward pass")
-            else:
-                integ = _Integrator(aug_dynamics, adj.tab, adj.rtol, adj.atol, adj.options, bstats, norm,
-                                    dtype, device, phase="backward pass",
-                                    callbacks=_callbacks(plan.func, adj.options, "_adjoint"))
+            integ = adj.method.integrator(aug_dynamics, adj.rtol, adj.atol, adj.options, bstats, dtype, device,
+                                          norm=norm, phase="backward pass",
+                                          callbacks=_callbacks(plan.func, adj.options, "_adjoint"))
             aug0 = torch.cat([ys[-1].reshape(-1), grad_ys[-1].reshape(-1),
                               torch.zeros(np_, dtype=dtype, device=device)])
-            if want_t:
+            if grad_t is not None:
                 grad_t[-1] = torch.dot(grad_ys[-1].reshape(-1), f_at(n - 1).reshape(-1))
             back_times = times[::-1]
             with torch.no_grad():
@@ -183,8 +180,8 @@ def _channel_norm(norm, yshapes, pshapes, dtype, device, reduce=None):
 class _Bound:
     """The backward solve's settings once the forward solve's are known (defaults filled in, all checked)."""
 
-    def __init__(self, tab, rtol, atol, options, norm):
-        self.tab, self.rtol, self.atol, self.options, self.norm = tab, rtol, atol, options, norm
+    def __init__(self, method, rtol, atol, options, norm):
+        self.method, self.rtol, self.atol, self.options, self.norm = method, rtol, atol, options, norm
 
 
 class BacksolveAdjoint(Adjoint):
@@ -208,12 +205,12 @@ class BacksolveAdjoint(Adjoint):
         self.rtol = None if rtol is None else _check_tol("adjoint_rtol", rtol)
         self.atol = None if atol is None else _check_tol("adjoint_atol", atol)
         if method is not None:
-            _check_method(method, "adjoint_method")
+            get_method(method, "adjoint_method")
         self.method = method
         if options is not None and not isinstance(options, dict):
             raise TypeError(f"adjoint_options must be a dict or None, got {type(options).__name__}")
         self.options = None if options is None else dict(options)
-        self.norm = DEFAULT_ADJOINT_NORM if options is None else self.options.pop("norm", DEFAULT_ADJOINT_NORM)
+        self.norm = DEFAULT_ADJOINT_NORM if self.options is None else self.options.pop("norm", DEFAULT_ADJOINT_NORM)
         if not (callable(self.norm) or self.norm in ADJOINT_NORMS):
             raise ValueError(f"adjoint_options['norm'] must be one of {', '.join(ADJOINT_NORMS)} or a callable, "
                              f"got {self.norm!r}")
@@ -227,85 +224,23 @@ class BacksolveAdjoint(Adjoint):
                 + (f", params=<{len(self.params)} tensors>)" if self.params is not None else ")"))
 
     def _bind(self, plan) -> _Bound:
-        method = plan.tab.name if self.method is None else self.method
-        tab = _check_method(method, "adjoint_method")
+        method = plan.method.name if self.method is None else self.method
+        m = get_method(method, "adjoint_method")
         if self.options is None:
-            options = dict(plan.options) if method == plan.tab.name else {}
+            options = dict(plan.options) if method == plan.method.name else {}
         else:
-            options = _check_options(self.options, tab, "adjoint_options", also=("norm",))
+            options = m.check_options(self.options, "adjoint_options", also=("norm",))
         rtol = plan.rtol if self.rtol is None else self.rtol
         atol = plan.atol if self.atol is None else self.atol
-        if tab.adaptive and "step_size" not in options and rtol == 0 and atol == 0:
+        if m.adaptive and "step_size" not in options and rtol == 0 and atol == 0:
             raise ValueError("adjoint_rtol and adjoint_atol are both 0; the adaptive backward solve needs a positive tolerance")
-        if plan.norm_reduce is not None and tab is SCIPY_METHOD:
-            raise ValueError("norm_reduce applies to ndode's Runge-Kutta methods; adjoint_method='scipy_solver' lets "
-                             "SciPy choose the backward steps, so data-parallel processes cannot share its error norm")
-        return _Bound(tab, rtol, atol, options, self.norm)
+        if plan.norm_reduce is not None and not m.own_steps:
+            raise ValueError(f"norm_reduce applies to ndode's Runge-Kutta methods; adjoint_method={m.name!r} chooses "
+                             "its own backward steps, so data-parallel processes cannot share its error norm")
+        return _Bound(m, rtol, atol, options, self.norm)
 
     def run(self, plan, y0) -> Solution:
         params = _check_adjoint_params(plan.func, self.params)
         bound = self._bind(plan)
         ys = _Adjoint.apply(plan, bound, plan.ts, plan.packing.pack(y0), *params)
         return plan.solution(ys)
-
-
-def odeint_adjoint(
-    func,
-    y0,
-    t,
-    rtol=1e-7,
-    atol=1e-9,
-    method="dopri5",
-    options=None,
-    adjoint_rtol=None,
-    adjoint_atol=None,
-    adjoint_method=None,
-    adjoint_options=None,
-    adjoint_params=None,
-    adjoint="backsolve",
-    *,
-    event_fn=None,
-):
-    """torchdiffeq-compatible adjoint solve: same result as :func:`ndode.odeint`, O(1) memory in the steps.
-
-    Gradients reach ``y0``, every parameter of ``func`` (an ``nn.Module``) or
-    the tensors in ``adjoint_params``, and every entry of ``t``. The backward
-    solve uses ``adjoint_method``/``adjoint_rtol``/``adjoint_atol`` (default:
-    the forward ones) and ``adjoint_options``, which take the solver options
-    plus ``norm``: ``"seminorm"`` (default; the parameter-adjoint channels are
-    left out of the error estimate, Kidger et al. 2021) or ``"full"``. The same
-    as ``ndode.solve(..., adjoint=BacksolveAdjoint(rtol=adjoint_rtol, ...)).ys``.
-
-    ``adjoint="checkpoint"`` (not a torchdiffeq keyword) differentiates the
-    discrete solve exactly instead, by recomputing its steps in reverse
-    (:class:`ndode.CheckpointAdjoint`; no backward solve, so no
-    ``adjoint_rtol``/``atol``/``method``/``options``).
-    With ``event_fn``: solve until it crosses zero, as :func:`ndode.odeint` with ``event_fn`` (torchdiffeq's
-    event handling), gradients by the backsolve adjoint.
-    """
-    if event_fn is not None:
-        if adjoint != "backsolve":
-            raise ValueError(f"event_fn is solved with the backsolve adjoint; adjoint={adjoint!r} is not supported with it")
-        from .event import _solve_event
-
-        return _solve_event(solve, func, y0, t, event_fn=event_fn, odeint_interface=odeint_adjoint, rtol=rtol,
-                            atol=atol, method=method, options=options, adjoint_rtol=adjoint_rtol,
-                            adjoint_atol=adjoint_atol, adjoint_method=adjoint_method,
-                            adjoint_options=adjoint_options, adjoint_params=adjoint_params)
-    if adjoint == "checkpoint":
-        given = [k for k, v in (("adjoint_rtol", adjoint_rtol), ("adjoint_atol", adjoint_atol),
-                                ("adjoint_method", adjoint_method), ("adjoint_options", adjoint_options))
-                 if v is not None]
-        if given:
-            raise ValueError(f"{', '.join(given)} set the backsolve adjoint's backward solve; adjoint='checkpoint' "
-                             "has none (use ndode.solve(..., adjoint=ndode.CheckpointAdjoint(max_stored_steps=n)) "
-                             "to cap its memory)")
-        from .checkpoint_adjoint import CheckpointAdjoint  # that module imports this one
-
-        adjoint = CheckpointAdjoint(params=adjoint_params)
-    elif adjoint == "backsolve":
-        adjoint = BacksolveAdjoint(rtol=adjoint_rtol, atol=adjoint_atol, method=adjoint_method,
-                                   options=adjoint_options, params=adjoint_params)
-    else:
-        raise ValueError(f"adjoint must be 'backsolve' or 'checkpoint', got {adjoint!r}")
-    return solve(func, y0, t, rtol=rtol, atol=atol, method=method, options=options, adjoint=adjoint).ys

@@ -30,8 +30,10 @@ from typing import Sequence
 
 import torch
 
-from ._core import SCIPY_METHOD, Adjoint, Solution, SolverStats, _Integrator
 from .adjoint import _check_adjoint_params
+from .ode.methods import RungeKuttaMethod
+from .ode.plan import Adjoint
+from .ode.types import Solution, SolverStats
 
 __all__ = ["CheckpointAdjoint"]
 
@@ -71,7 +73,7 @@ class _Checkpointed(torch.autograd.Function):
         want_t = ctx.needs_input_grad[2]
         ctx.params, ctx.t_like = params, (t.dtype, t.device) if want_t else None
         ctx.save_for_backward(*(tape.kept[k] for k in ctx.kept_at), *((ys,) if want_t else ()))
-        tape.kept = None
+        tape.kept = {}  # they live in the saved tensors now
         return ys
 
     @staticmethod
@@ -86,17 +88,19 @@ class _Checkpointed(torch.autograd.Function):
         p = plan.packing
         # replays the forward solve's recorded steps (no error control, so no norm: the forward solve's own,
         # plan.norm_reduce included, already chose the steps)
-        integ = _Integrator(p.wrap(plan.func), plan.tab, plan.rtol, plan.atol, plan.options, bstats, None,
-                            p.dtype, p.device, phase="backward pass")
+        integ = plan.method.integrator(p.wrap(plan.func), plan.rtol, plan.atol, plan.options, bstats, p.dtype,
+                                       p.device, phase="backward pass")
         steps = tape.steps
         inputs_tail = params
-        grad_params = [None] * len(params)
+        grad_params: list[torch.Tensor | None] = [None] * len(params)
         a = torch.zeros_like(grad_ys[0])  # ∂L/∂y at the end of the step being reversed
         # FSAL methods (dopri5, tsit5, bosh3) start an adaptive step with the previous step's last stage,
         # f(t_prev + h_prev, y): that stage is an input of the step (its value recomputed without a graph) and
         # its gradient gk goes back to the previous step, where the stage is part of the recomputed graph
-        fsal = plan.tab.fsal and "step_size" not in plan.options
-        c_last = plan.tab.c[-1]
+        assert isinstance(plan.method, RungeKuttaMethod)  # run() refused the others
+        tab = plan.method.tab
+        fsal = tab.fsal and "step_size" not in plan.options
+        c_last = tab.c[-1]
         gk = None
 
         def k0_time(k):
@@ -202,8 +206,8 @@ class _Checkpointed(torch.autograd.Function):
         stats.nfe_backward = bstats.nfe
         stats.n_accepted_backward = bstats.n_accepted
         stats.n_rejected_backward = 0
-        grad_params = [torch.zeros_like(q) if g is None else g for g, q in zip(grad_params, params)]
-        return (None, None, grad_t, grad_y0, *grad_params)
+        grads = [torch.zeros_like(q) if g is None else g for g, q in zip(grad_params, params)]
+        return (None, None, grad_t, grad_y0, *grads)
 
 
 _NOT_RECOMPUTED = ("perturb", "jump_t", "step_t", "grid_constructor")
@@ -242,8 +246,8 @@ class CheckpointAdjoint(Adjoint):
         # The backward pass recomputes each recorded step with the plain stepping routine; options that change a
         # step beyond (t, h, y) would make the recomputation differ from the forward solve, so they are refused.
         unsupported = sorted(k for k in _NOT_RECOMPUTED if plan.options.get(k) is not None and plan.options.get(k) is not False)
-        if unsupported or plan.tab is SCIPY_METHOD:
-            what = ", ".join(f"options[{k!r}]" for k in unsupported) or "method='scipy_solver'"
+        if unsupported or not plan.method.own_steps:
+            what = ", ".join(f"options[{k!r}]" for k in unsupported) or f"method={plan.method.name!r}"
             raise ValueError(f"CheckpointAdjoint does not support {what}: it recomputes the plain Runge-Kutta steps "
                              "in reverse; use the backsolve adjoint (ndode.BacksolveAdjoint) for these")
         params = _check_adjoint_params(plan.func, self.params)

@@ -14,12 +14,14 @@ Newton correction) and the gradient ``-(∂G/∂θ) / D`` the theorem gives, and
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
-from ._core import SolverError, _plan
+from .ode.plan import _plan
+from .ode.types import SolverError
 
-__all__ = ["odeint_event"]
+__all__ = ["solve_event"]
 
 BISECTIONS = 200  # far more than enough: the loop stops when the bracket is two adjacent floats
 
@@ -39,21 +41,25 @@ def _find_event(func, y0, t0: float, direction: float, event_fn, rtol, atol, met
 
     def on_step(t, y, t_next, y_new, interp):
         g1 = g(t_next, y_new)
-        if g1 == 0.0:
-            return t_next
-        if (g1 > 0) == (g0[0] > 0) or g0[0] == 0.0:
+        if g0[0] == 0.0:  # started on a root: wait until event_fn leaves it (one that stays 0 ends the solve now)
+            if g1 == 0.0:
+                return t_next
             g0[0] = g1
             return None
-        lo, hi, glo = t, t_next, g0[0]  # bisect to adjacent floats
+        if g1 != 0.0 and (g1 > 0) == (g0[0] > 0):
+            g0[0] = g1
+            return None
+        # a sign change, or a zero at the step's end: bisect to adjacent floats for the first time where event_fn
+        # leaves its sign at the step's start. A zero counts as left: an event_fn that drops to 0 past a terminal
+        # time (torchdiffeq's learn_physics) has its event there, and a sign change inside the step comes first.
+        lo, hi, sign = t, t_next, g0[0] > 0
         for _ in range(BISECTIONS):
             mid = 0.5 * (lo + hi)
             if mid in (lo, hi):
                 break
             gm = g(mid, interp(mid))
-            if gm == 0.0:
-                return mid
-            if (gm > 0) == (glo > 0):
-                lo, glo = mid, gm
+            if gm != 0.0 and (gm > 0) == sign:
+                lo = mid
             else:
                 hi = mid
         return hi
@@ -68,22 +74,17 @@ def _find_event(func, y0, t0: float, direction: float, event_fn, rtol, atol, met
     return t_event
 
 
-def odeint_event(func, y0, t0, *, event_fn, reverse_time=False, odeint_interface=None, **kwargs):
-    """Solve ``dy/dt = func(t, y)`` from ``y(t0) = y0`` until ``event_fn(t, y)`` crosses zero (torchdiffeq's API).
+def solve_event(func, y0, t0, *, event_fn, odeint_interface, reverse_time=False, **kwargs):
+    """Solve ``dy/dt = func(t, y)`` from ``y(t0) = y0`` until ``event_fn(t, y)`` crosses zero.
 
     Returns ``(t_event, ys)``: the event time (a 0-dim tensor) and the state at
     ``[t0, t_event]`` (``[2, *y0.shape]``, a tuple of such for a tuple state),
     both differentiable with respect to ``y0``, ``t0``, the parameters of
-    ``func`` and of ``event_fn``. ``reverse_time=True`` integrates towards
-    smaller times. ``odeint_interface`` (default :func:`ndode.odeint`; e.g.
-    :func:`ndode.odeint_adjoint`) makes the differentiable solve; ``kwargs``
-    (``rtol``, ``atol``, ``method``, ``options``, ``adjoint_*``) go to it, and the
-    first four to the event search too. A fixed-step method needs
-    ``options={"step_size": h}`` here (there is no grid of output times).
+    ``func`` and of ``event_fn``. ``odeint_interface`` makes the differentiable
+    solve (``ndode.odeint`` or ``ndode.odeint_adjoint``); ``kwargs`` (``rtol``,
+    ``atol``, ``method``, ``options``, ``adjoint_*``) go to it, and the first four
+    to the event search too. ``ndode.odeint_event`` is this with torchdiffeq's defaults.
     """
-    from .solver import odeint
-
-    odeint_interface = odeint if odeint_interface is None else odeint_interface
     direction = -1.0 if reverse_time else 1.0
     t0_value = float(t0.detach()) if isinstance(t0, torch.Tensor) else float(t0)
     search = {k: kwargs[k] for k in ("rtol", "atol", "method", "options") if kwargs.get(k) is not None}
@@ -103,10 +104,16 @@ def odeint_event(func, y0, t0, *, event_fn, reverse_time=False, odeint_interface
     # D = dG/dt along the solution = ∂g/∂t + ∇_y g · f, a number (no graph)
     with torch.enable_grad():
         tt = t_star_t.detach().requires_grad_(True)
-        yd = tuple(y.detach().requires_grad_(True) for y in y_star) if is_tuple else y_star.detach().requires_grad_(True)
+        yd: Any = (tuple(y.detach().requires_grad_(True) for y in y_star) if isinstance(y_star, tuple)
+                   else y_star.detach().requires_grad_(True))
         gd = event_fn(tt, yd)
         inputs = (tt, *yd) if is_tuple else (tt, yd)
-        grads = torch.autograd.grad(gd, inputs, allow_unused=True)
+        # an event_fn whose value depends on neither t nor y (torchdiffeq's learn_physics returns zeros_like(t) once
+        # its events are used up) has no path to them: its root does not move with anything, t_event is t*
+        grads = (torch.autograd.grad(gd, inputs, allow_unused=True) if gd.requires_grad
+                 else (None,) * len(inputs))
+    if all(g is None for g in grads) and not G.requires_grad:
+        return t_star_t, ys
     with torch.no_grad():
         f = func(t_star_t.to(state.dtype), yd if not is_tuple else tuple(yd))
         fs = f if is_tuple else (f,)
@@ -125,11 +132,3 @@ def odeint_event(func, y0, t0, *, event_fn, reverse_time=False, odeint_interface
     else:
         ys = torch.stack([ys[0], y_star + fs[0].detach() * dt])
     return t_event, ys
-
-
-def _solve_event(solve, func, y0, t, *, event_fn, **kwargs):
-    """``odeint(..., event_fn=...)``: the direction is that of ``t[1] - t[0]`` when ``t`` has two entries."""
-    times = t.detach().tolist() if isinstance(t, torch.Tensor) else list(t)
-    reverse = len(times) > 1 and times[1] < times[0]
-    t0 = t[0]
-    return odeint_event(func, y0, t0, event_fn=event_fn, reverse_time=reverse, **kwargs)

@@ -12,24 +12,38 @@ interval between output times. Meant for stiff problems (``Radau``, ``BDF``,
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import warnings
 
 import torch
+
+from .ode.types import SolverError
 
 SCIPY_SOLVERS = ("RK45", "RK23", "DOP853", "Radau", "BDF", "LSODA")
 SCIPY_OPTIONS = ("solver", "min_step", "max_step")
 
 
-@dataclass(frozen=True)
-class _ScipyMethod:
-    """Stands where a tableau stands in the plan; the integrator it makes calls SciPy."""
+class ScipyMethod:
+    """``scipy_solver``'s entry in the method registry (``ndode.ode.methods``): SciPy chooses the steps."""
 
-    name: str = "scipy_solver"
-    adaptive: bool = True
-    dense: object = None
+    name = "scipy_solver"
+    adaptive = True
+    own_steps = False  # no step-size controller, no shared data-parallel norm, no recorded steps
+    differentiable = False  # the state crosses to NumPy: gradients only through the adjoint
+
+    def __repr__(self):
+        return "ScipyMethod()"
+
+    def check_options(self, options, arg="options", also=()) -> dict:
+        return check_scipy_options(options, arg, also)
+
+    def integrator(self, func, rtol, atol, options, stats, dtype, device, *, norm=None, phase="", callbacks=None,
+                   unpack=None):
+        if callbacks is not None:
+            warnings.warn("method 'scipy_solver' calls no step callbacks (SciPy takes the steps)", stacklevel=5)
+        return ScipyIntegrator(func, rtol, atol, options, stats, dtype, device, phase)
 
 
-SCIPY_METHOD = _ScipyMethod()
+SCIPY_METHOD = ScipyMethod()
 
 
 def check_scipy_options(options, arg, also=()) -> dict:
@@ -80,8 +94,6 @@ class ScipyIntegrator:
         x0 = y.detach().to(torch.float64).cpu().numpy().reshape(-1)
         sol = solve_ivp(fun, (t0, t1), x0, method=self.opts["solver"], t_eval=t_eval, rtol=self.rtol, atol=self.atol, **kw)
         if sol.status != 0:
-            from ._core import SolverError
-
             where = "scipy_solver " + self.opts["solver"] + (f", {self.phase}" if self.phase else "")
             raise SolverError(f"SciPy's solve_ivp failed between t={t0!r} and t={t1!r} ({where}): {sol.message}")
         self.stats.n_accepted += max(len(sol.t) - 1, 0) if t_eval is None else 0
@@ -91,7 +103,9 @@ class ScipyIntegrator:
         if not bool(torch.isfinite(y0).all()):
             raise ValueError("y0 contains non-finite values (nan or inf)")
 
-    def solve_adaptive(self, y0, times, on_output=None, event=None):
+    def solve_adaptive(self, y0, times, on_output=None, event=None, on_step=None):
+        if on_step is not None:
+            raise ValueError("method 'scipy_solver' does not report its steps (SciPy takes them)")
         if event is not None:
             raise ValueError("method 'scipy_solver' does not solve until an event; use an ndode method")
         if on_output is None:

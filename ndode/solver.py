@@ -1,9 +1,9 @@
-"""The public entry points of the solver core: :func:`solve` and the torchdiffeq-shaped :func:`odeint`.
+"""The solver's entry point :func:`solve` (the torchdiffeq-shaped wrappers live in ``ndode.api``, above it).
 
-The machinery (checks, packing of tuple states, the Runge–Kutta loop) lives in
-``ndode._core``, which the adjoint (``ndode.adjoint``) imports too. This module
-never imports the adjoint: a differentiation method is an object handed to
-``solve(..., adjoint=...)`` that runs itself on the core's plan.
+The machinery (checks, packing of tuple states, the Runge–Kutta loop, the
+method registry, the plan) lives in ``ndode.ode``, which the adjoints import
+too. This module never imports an adjoint: a differentiation method is an
+object handed to ``solve(..., adjoint=...)`` that runs itself on the plan.
 """
 
 from __future__ import annotations
@@ -13,9 +13,11 @@ from typing import Callable
 
 import torch
 
-from ._core import METHODS, Adjoint, Solution, SolverError, SolverStats, _Integrator, _plan
+from .ode.controller import StepController
+from .ode.plan import Adjoint, _plan
+from .ode.types import Solution
 
-__all__ = ["solve", "odeint", "Solution", "SolverStats", "SolverError", "Adjoint", "METHODS"]
+__all__ = ["solve"]
 
 
 def solve(
@@ -29,6 +31,7 @@ def solve(
     options: dict | None = None,
     adjoint: Adjoint | None = None,
     norm_reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    controller: StepController | str | None = None,
 ) -> Solution:
     """Solve ``dy/dt = func(t, y)`` from ``y(t[0]) = y0`` and report the values at every ``t``.
 
@@ -49,6 +52,11 @@ def solve(
     (``ndode.harness.ddp.norm_reduce``). Every adaptive solve of this call
     uses it (the forward solve, its initial step, and the backsolve adjoint's
     backward solve), so all processes accept, reject and size each step alike.
+
+    ``controller`` sizes the steps of an adaptive solve: ``ndode.IController()``
+    (the default, SciPy's ``RK45`` controller) or ``ndode.PIController()``, or
+    their names ``"integral"``/``"pi"``; the same as ``options={"controller": ...}``.
+    The backsolve adjoint's backward solve uses it too unless its own options say otherwise.
     """
     if adjoint is True:
         raise TypeError("adjoint=True: pass the method, adjoint=ndode.BacksolveAdjoint() "
@@ -56,7 +64,7 @@ def solve(
     if not (adjoint is None or adjoint is False or isinstance(adjoint, Adjoint)):
         raise TypeError(f"adjoint must be None or an adjoint method such as ndode.BacksolveAdjoint(), "
                         f"got {type(adjoint).__name__}")
-    plan = _plan(func, y0, t, rtol, atol, method, options, norm_reduce)
+    plan = _plan(func, y0, t, rtol, atol, method, options, norm_reduce, controller)
     if isinstance(adjoint, Adjoint):
         return adjoint.run(plan, y0)
     y0p = plan.packing.pack(y0)
@@ -84,8 +92,8 @@ def _traced_grid(plan, y0, t):
     for i in range(1, len(plan.times)):
         ta, d = tt[i - 1], tt[i] - tt[i - 1]
         n = 1 if h is None else max(1, math.ceil(abs(plan.times[i] - plan.times[i - 1]) / h * (1 - 1e-12)))
-        integ = _Integrator(lambda s, y, ta=ta, d=d: d * func(ta + s * d, y), plan.tab, plan.rtol, plan.atol,
-                            {"step_size": 1.0 / n}, plan.stats, None, p.dtype, p.device)
+        integ = plan.method.integrator(lambda s, y, ta=ta, d=d: d * func(ta + s * d, y), plan.rtol, plan.atol,
+                                       {"step_size": 1.0 / n}, plan.stats, p.dtype, p.device)
         ys.append(integ.solve_fixed(ys[-1], [0.0, 1.0])[-1])
     return ys
 
@@ -121,20 +129,3 @@ class _TimeGrad(torch.autograd.Function):
             for i in range(1, len(ctx.plan.times)):
                 grad_t[i] = torch.sum(g[i] * _f_at(ctx.plan, i, y[i])).to(dtype)
         return None, grad_t, g, None
-
-
-def odeint(func, y0, t, rtol=1e-7, atol=1e-9, method="dopri5", options=None, *, event_fn=None):
-    """torchdiffeq-compatible: returns ``y`` at every ``t``, differentiable by ordinary autograd (``y0``, the
-    parameters of ``func``, and ``t`` when it requires grad). ``method=None`` means ``"dopri5"``.
-
-    With ``event_fn`` (torchdiffeq's event handling): integrate from ``t[0]`` (in the direction of ``t[1]``
-    if given) until ``event_fn(t, y)`` crosses zero; returns ``(t_event, ys)`` with ``ys`` the state at
-    ``[t[0], t_event]``; see :func:`ndode.odeint_event`.
-    """
-    method = "dopri5" if method is None else method
-    if event_fn is not None:
-        from .event import _solve_event
-
-        return _solve_event(solve, func, y0, t, event_fn=event_fn, rtol=rtol, atol=atol, method=method,
-                            options=options)
-    return solve(func, y0, t, rtol=rtol, atol=atol, method=method, options=options).ys

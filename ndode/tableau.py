@@ -14,6 +14,7 @@ import math
 from dataclasses import dataclass, field
 from fractions import Fraction
 from functools import lru_cache
+from typing import NoReturn, Sequence
 
 __all__ = ["ButcherTableau", "TableauError", "TABLEAUS"]
 
@@ -134,7 +135,7 @@ class ButcherTableau:
     def adaptive(self) -> bool:
         return self.b_err is not None
 
-    def _fail(self, what: str):
+    def _fail(self, what: str) -> NoReturn:
         raise TableauError(f"Butcher tableau {self.name!r}: {what}")
 
     def _check(self):
@@ -181,6 +182,7 @@ class ButcherTableau:
 
     def dense_weights(self, theta: float) -> list[float]:
         """b_i(θ) such that y(t + θh) = y + h Σ b_i(θ) k_i (requires ``dense``)."""
+        assert self.dense is not None, f"method {self.name!r} has no dense output"
         out = []
         for row in self.dense:
             acc, p = 0.0, theta
@@ -191,15 +193,32 @@ class ButcherTableau:
         return out
 
 
-EULER = ButcherTableau("euler", 1, c=(0,), a=((),), b=(1,), reference="Euler (1768)")
+# A coefficient as written in the papers: a number, or an exact fraction as a string ("1/3").
+Num = float | int | str
 
-MIDPOINT = ButcherTableau(
+
+def _exact(name: str, order: int, *, c: Sequence[Num], a: Sequence[Sequence[Num]], b: Sequence[Num],
+           b_err: Sequence[Num] | None = None, error_order: int | None = None,
+           dense: Sequence[Sequence[Num]] | None = None, reference: str = "") -> ButcherTableau:
+    """A tableau from the coefficients as published (fractions exact until the one conversion to float)."""
+
+    def row(r: Sequence[Num]) -> tuple[float, ...]:
+        return tuple(_f(x) for x in r)
+
+    return ButcherTableau(name, order, c=row(c), a=tuple(row(r) for r in a), b=row(b),
+                          b_err=None if b_err is None else row(b_err), error_order=error_order,
+                          dense=None if dense is None else tuple(row(r) for r in dense), reference=reference)
+
+
+EULER = _exact("euler", 1, c=(0,), a=((),), b=(1,), reference="Euler (1768)")
+
+MIDPOINT = _exact(
     "midpoint", 2, c=(0, "1/2"), a=((), ("1/2",)), b=(0, 1), reference="explicit midpoint rule"
 )
 
-HEUN = ButcherTableau("heun", 2, c=(0, 1), a=((), (1,)), b=("1/2", "1/2"), reference="Heun's method (explicit trapezoid)")
+HEUN = _exact("heun", 2, c=(0, 1), a=((), (1,)), b=("1/2", "1/2"), reference="Heun's method (explicit trapezoid)")
 
-RK4 = ButcherTableau(
+RK4 = _exact(
     "rk4",
     4,
     c=(0, "1/2", "1/2", 1),
@@ -208,7 +227,7 @@ RK4 = ButcherTableau(
     reference="classical Runge–Kutta (Kutta 1901)",
 )
 
-BOSH3 = ButcherTableau(
+BOSH3 = _exact(
     "bosh3",
     3,
     c=(0, "1/2", "3/4", 1),
@@ -222,7 +241,7 @@ BOSH3 = ButcherTableau(
 )
 
 # err weights are b - b̂, written as exact fractions
-DOPRI5 = ButcherTableau(
+DOPRI5 = _exact(
     "dopri5",
     5,
     c=(0, "1/5", "3/10", "4/5", "8/9", 1, 1),
@@ -279,7 +298,7 @@ def _tsit5_dense():
     )
 
 
-TSIT5 = ButcherTableau(
+TSIT5 = _exact(
     "tsit5",
     5,
     c=(0, 0.161, 0.327, 0.9, 0.9800255409045097, 1, 1),
@@ -307,7 +326,7 @@ TSIT5 = ButcherTableau(
     reference="Tsitouras, Comput. Math. Appl. 62 (2011)",
 )
 
-HEUN3 = ButcherTableau(
+HEUN3 = _exact(
     "heun3",
     3,
     c=(0, "1/3", "2/3"),
@@ -317,7 +336,7 @@ HEUN3 = ButcherTableau(
 )
 
 # Euler embedded in Heun's method: a 2(1) pair
-ADAPTIVE_HEUN = ButcherTableau(
+ADAPTIVE_HEUN = _exact(
     "adaptive_heun",
     2,
     c=(0, 1),
@@ -329,7 +348,7 @@ ADAPTIVE_HEUN = ButcherTableau(
 )
 
 # Fehlberg's RKF1(2) with the 2nd-order solution propagated: 3 stages
-FEHLBERG2 = ButcherTableau(
+FEHLBERG2 = _exact(
     "fehlberg2",
     2,
     c=(0, "1/2", 1),
@@ -345,7 +364,7 @@ FEHLBERG2 = ButcherTableau(
 # DOP853 transcribes). DOP853 also combines a 3rd-order estimate into its error and has a 7th-order dense output
 # from 3 extra stages; here the single 5th-order estimate drives the steps, and between steps a cubic Hermite
 # interpolant gives the outputs. The order conditions up to 8 (200 rooted trees) are checked at import.
-DOPRI8 = ButcherTableau(
+DOPRI8 = _exact(
     "dopri8",
     8,
     c=(

@@ -40,8 +40,8 @@ except ImportError:  # an ndode from before odeint_event
 RUNNER = textwrap.dedent('''
     import json, sys, traceback, unittest
     import ndode, problems
-    have = set(getattr(ndode, "METHODS", ()))
-    try:
+    have = set(getattr(ndode, "REGISTRY", ())) or set(getattr(ndode, "METHODS", ()))
+    try:  # an ndode from before the method registry
         from ndode._core import _check_method
         _check_method("scipy_solver")
         have.add("scipy_solver")

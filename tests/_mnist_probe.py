@@ -23,8 +23,8 @@ from pathlib import Path
 
 import hydra
 import torch
-
 from _experiments import REPO, load_experiment
+
 from ndode.harness import run_experiment
 
 mnist = load_experiment("mnist")

@@ -4,12 +4,10 @@ import math
 
 import pytest
 import torch
+from _fields import D, MLPField, functional_field
 
 import ndode
 from ndode.memory import saved_tensor_bytes
-
-from _fields import D, MLPField, functional_field
-
 
 METHOD_OPTS = {"dopri5": None, "tsit5": None, "rk4": {"step_size": 0.01}}
 

@@ -2,11 +2,10 @@
 
 import pytest
 import torch
+from _fields import D, MLPField, functional_field
 
 import ndode
 from ndode.memory import saved_tensor_bytes
-
-from _fields import D, MLPField, functional_field
 
 
 def _grads(m, y0, t, w, adjoint, **kw):
@@ -200,10 +199,10 @@ def test_revolve_holds_at_most_the_cap_in_the_backward_pass(cap, monkeypatch):
     # holding cap states, its own (kept) start included, plus the step being advanced (its input and its output)
     import weakref
 
-    from ndode import _core
+    from ndode.ode import integrator as _integrator
 
     live, peak, backward = [], [0], [False]
-    step = _core._Integrator.step
+    step = _integrator._Integrator.step
 
     def counting_step(self, t, y, h, k0):
         out = step(self, t, y, h, k0)
@@ -212,7 +211,7 @@ def test_revolve_holds_at_most_the_cap_in_the_backward_pass(cap, monkeypatch):
             peak[0] = max(peak[0], sum(r() is not None for r in live))
         return out
 
-    monkeypatch.setattr(_core._Integrator, "step", counting_step)
+    monkeypatch.setattr(_integrator._Integrator, "step", counting_step)
     m = MLPField(seed=14)
     y0 = torch.randn(3, 2, dtype=D, generator=torch.Generator().manual_seed(15))
     sol = ndode.solve(m, y0, [0.0, 3.0], method="rk4", options={"step_size": 0.05},

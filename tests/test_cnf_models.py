@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from ndode.data.toy2d import (DATASETS, RAW_ENERGIES, TARGETS, check_name, energy, make_circles, make_moons,
-                              sample_data)
+from ndode.data.toy2d import DATASETS, RAW_ENERGIES, TARGETS, check_name, energy, make_circles, make_moons, sample_data
 from ndode.models.cnf import CNF, ConcatMLPDynamics, HyperPlanarDynamics, exact_trace, hutchinson_trace
 from ndode.models.planar import PlanarFlow, PlanarLayer, constrain_u, planar_forward
 

@@ -10,8 +10,20 @@ import numpy as np
 import pytest
 import torch
 
-from ndode.data.toy2d import (PLOT_BOX, QUAD_BOX, RAW_ENERGIES, TARGETS, WALL_AT, check_name, energy, grid_kl,
-                              log_z, outside_box, quadrature_grid, wall)
+from ndode.data.toy2d import (
+    PLOT_BOX,
+    QUAD_BOX,
+    RAW_ENERGIES,
+    TARGETS,
+    WALL_AT,
+    check_name,
+    energy,
+    grid_kl,
+    log_z,
+    outside_box,
+    quadrature_grid,
+    wall,
+)
 
 
 @pytest.mark.parametrize("name", sorted(TARGETS))

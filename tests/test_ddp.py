@@ -24,13 +24,11 @@ import pytest
 import torch
 
 pytest.importorskip("hydra")
+import _ddp_solves  # noqa: E402
+from hydra import compose, initialize_config_dir  # noqa: E402
 from test_mnist_experiment import compose_mnist, data_root, mnist  # noqa: E402,F401 - the fixture is shared
 
-from hydra import compose, initialize_config_dir  # noqa: E402
-
 from ndode.harness import ConfigError, RunContext, ddp, run_experiment  # noqa: E402
-
-import _ddp_solves  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 # log every unit (the first losses are compared one by one), checkpoint every 2, evaluate every 3 of 6 units;

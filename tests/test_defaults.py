@@ -13,15 +13,14 @@ import pytest
 import torch
 
 pytest.importorskip("hydra")
+from _experiments import load_experiment  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 from omegaconf import open_dict  # noqa: E402
+from test_harness import CONFIGS, ode_demo  # noqa: E402
 
 from ndode.harness import resolve_device, run_experiment  # noqa: E402
 from ndode.harness.config import auto_budget  # noqa: E402
 from ndode.harness.plan import expand_sweep, print_plan  # noqa: E402
-
-from _experiments import load_experiment  # noqa: E402
-from test_harness import CONFIGS, ode_demo  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 mnist = load_experiment("mnist")

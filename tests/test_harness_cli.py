@@ -17,10 +17,10 @@ import pytest
 
 pytest.importorskip("hydra")
 
+from test_harness import _assert_complete, compose_demo, ode_demo  # noqa: E402
+
 from ndode.harness.config import run_name  # noqa: E402
 from ndode.harness.record import read_jsonl  # noqa: E402
-
-from test_harness import _assert_complete, compose_demo, ode_demo  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "experiments" / "ode_demo.py"

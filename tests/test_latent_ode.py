@@ -10,10 +10,21 @@ import torch
 
 import ndode
 from ndode.data.spiral_events import EventRate, make_spiral_events
-from ndode.data.spirals import (HELD_OUT_MARGIN, draw_windows, make_spirals, spiral_readings, subsample_indices,
-                                window_starts)
-from ndode.models.latent_ode import (LatentODE, gaussian_log_likelihood, kl_standard_normal, latent_ode_elbo,
-                                     union_of_times)
+from ndode.data.spirals import (
+    HELD_OUT_MARGIN,
+    draw_windows,
+    make_spirals,
+    spiral_readings,
+    subsample_indices,
+    window_starts,
+)
+from ndode.models.latent_ode import (
+    LatentODE,
+    gaussian_log_likelihood,
+    kl_standard_normal,
+    latent_ode_elbo,
+    union_of_times,
+)
 from ndode.models.rnn import RNNBaseline, interpolate_knots, rnn_nll
 
 

@@ -15,10 +15,9 @@ pytest.importorskip("hydra")
 from _experiments import compose_config, load_experiment, load_script  # noqa: E402
 from hydra.errors import ConfigCompositionException  # noqa: E402
 
-from ndode.harness import ConfigError, load_runs, run_experiment  # noqa: E402
 from ndode.data.spirals import READINGS as READING_DEFINITIONS  # noqa: E402
-from ndode.report.latent_ode import (figure8_runs, plot_fig8, plot_fig9, table2, table2_markdown,  # noqa: E402
-                                     verdicts)
+from ndode.harness import ConfigError, load_runs, run_experiment  # noqa: E402
+from ndode.report.latent_ode import figure8_runs, plot_fig8, plot_fig9, table2, table2_markdown, verdicts  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 

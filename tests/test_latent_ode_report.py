@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ndode.report.latent_ode import (FLAT_TOL, READINGS, select_on_validation, table2, table2_markdown, verdicts)
+from ndode.report.latent_ode import FLAT_TOL, READINGS, select_on_validation, table2, table2_markdown, verdicts
 
 SEEDS = range(5)
 

@@ -14,8 +14,13 @@ from scipy.linalg import expm
 
 import ndode
 from ndode.data.spiral_events import EventRate, make_spiral_events, thinning
-from ndode.models.latent_ode import (PoissonLatentODE, RecognitionRNN, latent_ode_elbo, poisson_log_likelihood,
-                                     union_of_event_times)
+from ndode.models.latent_ode import (
+    PoissonLatentODE,
+    RecognitionRNN,
+    latent_ode_elbo,
+    poisson_log_likelihood,
+    union_of_event_times,
+)
 
 D = torch.float64
 

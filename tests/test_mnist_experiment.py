@@ -12,9 +12,9 @@ pytest.importorskip("hydra")
 from _experiments import compose_config, load_experiment  # noqa: E402
 from hydra.errors import ConfigCompositionException  # noqa: E402
 
+import ndode  # noqa: E402
 import ndode.data._provision as M  # noqa: E402
 from ndode.harness import ConfigError, run_experiment  # noqa: E402
-import ndode  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 

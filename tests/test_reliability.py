@@ -23,16 +23,15 @@ import pytest
 import torch
 
 pytest.importorskip("hydra")
+from _experiments import load_experiment  # noqa: E402
+from hydra import compose, initialize_config_dir  # noqa: E402
 from hydra.errors import ConfigCompositionException  # noqa: E402
+from test_harness import CONFIGS, compose_demo, ode_demo, smoke  # noqa: E402
 
 from ndode.harness import ConfigError, RunRecord, load_runs, run_experiment  # noqa: E402
 from ndode.harness.config import Range, run_name, validate  # noqa: E402
 from ndode.harness.loop import CheckpointError, NonFiniteError, RunInterrupted  # noqa: E402
 from ndode.harness.record import RecordWriteError, RunLockedError, atomic_write_text, read_jsonl  # noqa: E402
-
-from _experiments import load_experiment  # noqa: E402
-from test_harness import CONFIGS, compose_demo, ode_demo, smoke  # noqa: E402
-from hydra import compose, initialize_config_dir  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "experiments" / "ode_demo.py"

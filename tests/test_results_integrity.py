@@ -16,11 +16,11 @@ import yaml
 pytest.importorskip("hydra")
 pytest.importorskip("matplotlib")
 
+from _experiments import compose_config, load_experiment, load_script  # noqa: E402
+
 from ndode.harness import load_runs  # noqa: E402
 from ndode.harness.config import to_plain  # noqa: E402
 from ndode.report.tables import TABLES, seed_table  # noqa: E402
-
-from _experiments import compose_config, load_experiment, load_script  # noqa: E402
 
 
 def record(root: Path, experiment: str, overrides: list[str], summary: dict, seed: int, name: str | None = None,

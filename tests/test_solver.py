@@ -101,7 +101,6 @@ def test_order_of_convergence(method):
 @pytest.mark.parametrize("method", DENSE)
 def test_dense_output_order(method):
     """The interpolant's local error shrinks like h^(p*+1), p* its order (3 for bosh3, 4 otherwise)."""
-    tab = ndode.TABLEAUS[method]
     y0 = torch.tensor([2.0, 0.0], dtype=torch.float64)
     errs, hs = [], [0.2, 0.1, 0.05]
     for h in hs:

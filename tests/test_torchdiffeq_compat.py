@@ -364,3 +364,41 @@ def test_zero_dim_states_and_float64_times_with_float32_states():
         torch.testing.assert_close(y.detach().double(), torch.exp(-(t.detach() - 1.0)), rtol=1e-2 if method == "rk4" else 1e-5, atol=0)
         (gt,) = torch.autograd.grad(y.sum(), t)
         assert gt.dtype == D and torch.isfinite(gt).all()
+
+
+def test_odeint_event_with_an_event_fn_that_depends_on_nothing():
+    # torchdiffeq's examples/learn_physics.py returns torch.zeros_like(t) once its events are used up: a root that
+    # moves with nothing. The solve ends after its first step, gradients reach y0 through it, not the event time.
+    def f(t, y):
+        return torch.stack([y[1], -y[0]])
+
+    y0 = torch.tensor([1.0, 0.0], dtype=torch.float64, requires_grad=True)
+    for interface in (ndode.odeint, ndode.odeint_adjoint):
+        kw = dict(adjoint_params=()) if interface is ndode.odeint_adjoint else {}
+        t_event, ys = ndode.odeint_event(f, y0, torch.tensor(0.0, dtype=torch.float64),
+                                         event_fn=lambda t, y: torch.zeros_like(t), odeint_interface=interface, **kw)
+        assert 0.0 < float(t_event) < 1.0 and not t_event.requires_grad
+        assert torch.equal(ys[0], y0.detach())
+        expected = torch.stack([torch.cos(t_event), -torch.sin(t_event)])
+        assert torch.allclose(ys[1], expected, atol=1e-6)
+        (g,) = torch.autograd.grad(ys[1, 0], y0)
+        assert torch.allclose(g, torch.stack([torch.cos(t_event), torch.sin(t_event)]), atol=1e-6)
+
+
+def test_odeint_event_finds_the_first_root_in_a_step_ending_on_zero():
+    # learn_physics' event_fn drops to exactly 0 past a terminal time T. A step that jumps past T must not end the
+    # solve at its own end: the event is the first time event_fn leaves its sign, a crossing inside the step or T.
+    T = 3.0
+
+    def event_fn(t, y):
+        return torch.zeros_like(t) if t > T else y[0] - 0.5
+
+    def falling(t, y):  # y = 1 - t crosses 0.5 at t = 0.5, inside the (long) first steps of this linear solve
+        return -torch.ones_like(y)
+
+    t_event, _ = ndode.odeint_event(falling, torch.ones(1, dtype=torch.float64), torch.tensor(0.0, dtype=torch.float64),
+                                    event_fn=event_fn)
+    assert abs(float(t_event) - 0.5) < 1e-9
+    t_event, _ = ndode.odeint_event(lambda t, y: torch.zeros_like(y), torch.ones(1, dtype=torch.float64),
+                                    torch.tensor(0.0, dtype=torch.float64), event_fn=event_fn)  # no crossing: T
+    assert abs(float(t_event) - T) < 1e-9

@@ -29,7 +29,7 @@ from typing import Callable
 import numpy as np
 
 from ..harness.record import atomic_write_text
-from .mnist import RAW_FILES, MNISTPrepareError, raw_dir
+from .mnist_files import RAW_FILES, MNISTPrepareError, raw_dir
 
 __all__ = [
     "MNISTPrepareError",

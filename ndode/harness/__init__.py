@@ -9,12 +9,42 @@ An experiment is a :class:`Task` plus a schema; ``experiments/<name>.py`` is::
 and every table or figure starts from :func:`load_runs`.
 """
 
-from .config import (BudgetConfig, ConfigError, ExperimentConfig, LoggerConfig, Range, SolverConfig, SolverMethod,
-                     ranged, register_schema, run_name, solver_kwargs, to_plain, validate)
-from .loop import (CheckpointError, NonFiniteError, RunContext, RunInterrupted, Task, hydra_run_dir, resolve_device,
-                   run_experiment, seed_everything)
-from .record import (RecordWriteError, RunError, RunLockedError, RunRecord, RunRecordError, atomic_save,
-                     atomic_write_text, read_jsonl)
+from .config import (
+    BudgetConfig,
+    ConfigError,
+    ExperimentConfig,
+    LoggerConfig,
+    Range,
+    SolverConfig,
+    SolverMethod,
+    ranged,
+    register_schema,
+    run_name,
+    solver_kwargs,
+    to_plain,
+    validate,
+)
+from .loop import (
+    CheckpointError,
+    NonFiniteError,
+    RunContext,
+    RunInterrupted,
+    Task,
+    hydra_run_dir,
+    resolve_device,
+    run_experiment,
+    seed_everything,
+)
+from .record import (
+    RecordWriteError,
+    RunError,
+    RunLockedError,
+    RunRecord,
+    RunRecordError,
+    atomic_save,
+    atomic_write_text,
+    read_jsonl,
+)
 
 __all__ = [
     "Task", "RunContext", "run_experiment", "load_runs",

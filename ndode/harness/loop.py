@@ -48,8 +48,18 @@ import torch
 
 from . import ddp
 from .config import NAME_EXCLUDED_KEYS, ConfigError, requested_budget, to_plain, validate
-from .record import (CONFIG, META, METRICS, RunError, RunLockedError, RunRecord, RunRecordError, flatten, now_iso,
-                     scan_jsonl)
+from .record import (
+    CONFIG,
+    META,
+    METRICS,
+    RunError,
+    RunLockedError,
+    RunRecord,
+    RunRecordError,
+    flatten,
+    now_iso,
+    scan_jsonl,
+)
 from .wandb_mirror import WandbMirror
 
 __all__ = ["Task", "RunContext", "Runner", "run_experiment", "seed_everything", "resolve_device", "hydra_run_dir",

@@ -23,8 +23,6 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-import ndode
-
 from .odeblock import ODEBlock, ode_blocks
 
 __all__ = [

@@ -457,7 +457,7 @@ def plot_curves(records: pd.DataFrame, rows: list, cols: list, title: str = "",
             g = records[(records["row"] == row) & (records["col"] == col)]
             ax.axvspan(1 - FLAT_FRACTION, 1.0, color="#bbbbbb", alpha=0.3, lw=0)
             seen = set()
-            for (model, run), r in g.groupby(["model", "run"], sort=True):
+            for (model, _run), r in g.groupby(["model", "run"], sort=True):
                 r = r.sort_values("step")
                 tr, ev = r[r["kind"] == "train"], r[r["kind"] == "eval"]
                 steps = float(r["steps"].iloc[0])

@@ -149,7 +149,7 @@ def format_outline(o: Outline, entity: str | None, project: str) -> str:
 # ---- wandb-workspaces objects (imported only here: the outline needs none of it)
 def _runset(wr, ws, s: OutlineSection, source: str, entity: str, project: str):
     filters = []
-    for field_, op, value in s.filters(source):
+    for field_, _op, value in s.filters(source):
         filters.append(ws.Tags().isin(list(value)) if field_ == "Tags" else ws.Metric(field_) == value)
     name = f"{s.experiment} {'summary' if source == 'summary' else 'runs'} ({s.budget})"
     pinned = [f"summary:{m}" for m in s.columns] if source == "runs" else []

@@ -39,7 +39,7 @@ def plot_ode_demo(a: dict, title: str | None = None) -> Figure:
     fig = Figure(figsize=(16, 4.2))
     axes = fig.subplots(1, 4)
     ax = axes[0]
-    for i, name in enumerate(("y₁", "y₂")):
+    for i in range(2):
         ax.plot(t[~held], yo[~held, i], ".", ms=2, color=OBS, alpha=0.35, label="noisy samples" if i == 0 else None)
         ax.plot(t, yt[:, i], "-", lw=1.2, color=TRUE, label="true" if i == 0 else None)
         ax.plot(t, yl[:, i], "--", lw=1.2, color=LEARNED, label="learned" if i == 0 else None)
