@@ -211,7 +211,8 @@ def _optim_text(r: dict) -> str:
 
     lr, mom = r.get("lr"), r.get("budget.momentum")
     text = f"{r.get('optim') or '?'} {format(lr, 'g') if finite(lr) else '?'}"
-    text += f", momentum {mom:g}" if finite(mom) and mom else ""
+    # momentum is RMSprop's option (experiments/cnf.py); Adam's runs carry the budget's value but never use it
+    text += f", momentum {mom:g}" if finite(mom) and mom and r.get("optim") == "rmsprop" else ""
     f, at = r.get("budget.decay_factor"), r.get("decay_step")
     if finite(f) and f < 1 and finite(at):
         text += f", ×{f:g} from it. {int(at):,}"
