@@ -28,6 +28,7 @@ import csv
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -157,12 +158,11 @@ def tests(out: Path, timeout: int, where: str = "tests") -> str:
 def experiment_run(script: str, extra: list[str], overrides: list[str], run_root: Path, timeout: int) -> Path:
     """One run as a user starts it; returns its run directory, checked complete (done, summary, config, meta)."""
     cmd = [sys.executable, script, *extra, *overrides, *COMMON, f"run_root={run_root}"]
-    t0 = time.time()
     proc = subprocess.run(cmd, cwd=REPO, env=_child_env(), capture_output=True, text=True, timeout=timeout)
     log = proc.stdout + proc.stderr
     if proc.returncode != 0:
         raise RuntimeError(f"exit {proc.returncode}: {(log.strip().splitlines() or [''])[-1]}")
-    done = [p.parent for p in run_root.rglob("done") if p.stat().st_mtime >= t0 - 1]
+    done = [p.parent for p in run_root.rglob("done")]  # run_root is this run's own (see main)
     if len(done) != 1:
         raise RuntimeError(f"expected one finished run record under {run_root}, found {len(done)}")
     missing = [f for f in ("config.yaml", "meta.json", "metrics.jsonl", "summary.json") if not (done[0] / f).exists()]
@@ -267,6 +267,9 @@ def main(argv=None) -> int:
     out = args.out or (Path(os.environ["OUT"]) if os.environ.get("OUT") else
                        REPO / ("results/gpu" if args.device == "cuda" else "results/local/gpu-check-cpu"))
     out.mkdir(parents=True, exist_ok=True)
+    # a rerun measures afresh: an earlier check's finished runs would be skipped, and their pace is not this one's
+    for stale in ("runs", "paper_runs"):
+        shutil.rmtree(out / stale, ignore_errors=True)
     (out / "errors.log").unlink(missing_ok=True)
     checks = Checks(out)
     t0 = time.perf_counter()
@@ -285,12 +288,14 @@ def main(argv=None) -> int:
     checks.run("2 tests", "pytest -m cuda", lambda: tests(out, prof["test_timeout"], args.tests))
     for name, script, extra, smoke, _, _, _ in experiments:
         checks.run("3 smoke", name, lambda: experiment_run(
-            script, extra, ["budget=smoke", f"device={args.device}", *smoke], out / "runs", prof["run_timeout"]).name)
+            script, extra, ["budget=smoke", f"device={args.device}", *smoke], out / "runs" / name,
+            prof["run_timeout"]).name)
     paper = []
     for name, script, extra, _, slice_overrides, key, runs in experiments:
         def one(name=name, script=script, extra=extra, slice_overrides=slice_overrides, key=key, runs=runs):
             d = experiment_run(script, extra, ["budget=paper", f"device={args.device}",
-                                               *slice_overrides(prof["steps"])], out / "paper_runs", prof["run_timeout"])
+                                               *slice_overrides(prof["steps"])], out / "paper_runs" / name,
+                               prof["run_timeout"])
             s, n = seconds_per_step(d)
             full = paper_steps(name, key)
             paper.append(dict(experiment=name, steps_timed=n, s_per_step=s, paper_steps=full,
