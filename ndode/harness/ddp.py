@@ -78,8 +78,23 @@ def init(denv: DistEnv, device: torch.device) -> None:
 
 
 def shutdown(denv: DistEnv) -> None:
+    """Leave the process group, every rank together.
+
+    Rank 0 still writes the record (summary, figures) when the others are done; a rank that tore its group down
+    and exited while a peer was still connected was once seen to abort at exit ("terminate called without an
+    active exception", gloo, in tests/test_ddp.py). So the ranks first meet at a barrier, bounded in time: a
+    rank whose peer failed or is gone does not wait for it longer than that.
+    """
     if denv.active and dist.is_initialized():
-        dist.destroy_process_group()
+        try:
+            if dist.get_backend() == "gloo":
+                dist.monitored_barrier(timeout=datetime.timedelta(seconds=30))
+            else:
+                dist.barrier()
+        except Exception:  # noqa: BLE001 - a peer that failed or is gone: nothing left to wait for
+            pass
+        finally:
+            dist.destroy_process_group()
 
 
 def broadcast(denv: DistEnv, obj):
