@@ -174,5 +174,5 @@ def test_a_corrupt_record_is_left_out_with_a_line_naming_it(tmp_path, caplog):
     bad = _demo(runs, "smoke", seed=1)
     (bad / "meta.json").write_text("{not json")
     assert load_script("make_tables").main(["--runs", str(runs), "--out", str(out)]) == 0
-    assert f"left out {bad}: meta.json cannot be read" in caplog.text
+    assert f"left out {bad}: {bad / 'meta.json'} cannot be read" in caplog.text
     assert "| 1 |" in (out / "tables" / "ode_demo.md").read_text()  # the other run is tabulated

@@ -23,9 +23,8 @@ import os
 from pathlib import Path
 
 import pandas as pd
-import yaml
 
-from .record import flatten
+from .record import RunRecord, RunRecordError, flatten
 
 __all__ = ["load_runs", "RUN_COLUMNS", "NON_RESULT_OPTIONS", "result_config", "config_id"]
 
@@ -54,19 +53,6 @@ def config_id(flat: dict) -> str:
     return hashlib.sha1(text.encode()).hexdigest()[:10]
 
 
-def _read(path: Path, parse) -> dict:
-    """A record file as a mapping; a corrupt one raises ValueError naming it."""
-    try:
-        obj = parse(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, yaml.YAMLError) as e:
-        raise ValueError(f"{path.name} cannot be read ({type(e).__name__}: {' '.join(str(e).split())[:160]})") from None
-    if obj is None and path.suffix == ".yaml":
-        return {}
-    if not isinstance(obj, dict):
-        raise ValueError(f"{path.name} holds a {type(obj).__name__}, not a mapping")
-    return obj
-
-
 def _run_dirs(root: Path):
     for dirpath, dirnames, filenames in os.walk(root):
         if "config.yaml" in filenames and "meta.json" in filenames:
@@ -93,11 +79,10 @@ def load_runs(root: str | os.PathLike, finished_only: bool = True) -> pd.DataFra
         done = (d / "done").exists()
         if finished_only and not done:
             continue
-        try:
-            config = _read(d / "config.yaml", yaml.safe_load)
-            meta = _read(d / "meta.json", json.loads)
-            summary = _read(d / "summary.json", json.loads) if (d / "summary.json").exists() else {}
-        except ValueError as e:  # one unreadable record must not hide every other run's
+        record = RunRecord(d, writer=False)
+        try:  # the record's own readers: a corrupt file is a RunRecordError naming it
+            config, meta, summary = record.read_config(), record.read_meta(), record.read_summary() or {}
+        except RunRecordError as e:  # one unreadable record must not hide every other run's
             log.warning("left out %s: %s", d, e)
             continue
         status = "done" if done else meta.get("status") if meta.get("status") in ("failed", "interrupted") else "unfinished"
