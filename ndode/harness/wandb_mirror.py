@@ -117,6 +117,16 @@ class WandbMirror:
     experiments' ``summary`` runs, one per (experiment, budget), rewritten by each ``make tables``.
     """
 
+    @classmethod
+    def of_run(cls, cfg, config: dict, run_dir: Path, name: str, goals: dict[str, str], enabled: bool) -> WandbMirror:
+        """The mirror of a training run: ``cfg`` its config (``logger.*``, experiment, budget), ``config`` the
+        resolved config as recorded; ``enabled``: this process writes the record (rank 0)."""
+        model_name = config["model"].get("name") if isinstance(config.get("model"), dict) else None
+        return cls(enabled=bool(cfg.logger.wandb) and enabled, mode=cfg.logger.mode, project=cfg.logger.project,
+                   entity=cfg.logger.entity, run_dir=run_dir, name=name, group=cfg.experiment,
+                   tags=[f"budget={cfg.budget.name}"] + ([f"model={model_name}"] if model_name else []),
+                   config={**config, "run_dir": str(run_dir)}, goals=goals, quiet=cfg.quiet or not cfg.logger.verbose)
+
     def __init__(self, *, enabled: bool, mode: str | None, project: str, entity: str | None, run_dir: Path,
                  name: str, group: str, tags: list[str], config: dict, goals: dict[str, str] | None = None,
                  quiet: bool = True, run_id: str | None = None, job_type: str | None = None):
