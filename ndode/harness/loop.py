@@ -6,7 +6,7 @@ everything around it. :class:`Runner` is the run's phases and nothing else;
 each concern around them is its own object:
 
 * the run directory: lock, claim, abandon (:mod:`.rundir`), the run record's
-  files (:mod:`.record`) and the W&B mirror (:mod:`.wandb_mirror`);
+  files (:mod:`.record`) and the W&B mirror (:mod:`ndode.wandb_mirror`);
 * checkpoints: save, load, fall back (:mod:`.checkpointing`);
 * stop signals: SIGTERM/SIGINT/SIGUSR2 finish the unit, checkpoint and stop (:mod:`.signals`);
 * interval means, best goal values and the non-finite guard (:mod:`.metrics`);
@@ -33,6 +33,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from ..wandb_mirror import WandbMirror
 from . import ddp
 from .checkpointing import CheckpointError, Checkpoints
 from .config import ConfigError, requested_budget, to_plain, validate
@@ -44,7 +45,6 @@ from .record import RunLockedError, RunRecord, RunRecordError
 from .rundir import RunDirectory, fingerprint, run_identity
 from .signals import AFTER_UNIT, DEFER, STOP_SIGNALS, RunInterrupted, StopNow, StopSignals
 from .task import RunContext, Task
-from .wandb_mirror import WandbMirror
 
 # CheckpointError, NonFiniteError, RunInterrupted, STOP_SIGNALS, hydra_run_dir, Task and RunContext live in the
 # modules above; they are named here too for code that imports them from ndode.harness.loop

@@ -1,5 +1,8 @@
 """The W&B mirror of a run record: same config, metrics and summary, never the only copy.
 
+Used by the run harness (one mirror per training run) and by the report (each experiment's
+``summary`` run, :mod:`ndode.report.dashboard`); it imports nothing else of ``ndode``.
+
 Mode: ``$WANDB_MODE`` when set, else ``logger.mode``, else ``offline`` (files
 under ``<run dir>/wandb/``, uploaded later by ``make sync``). ``online``
 without an API key falls back to ``offline``. Any W&B failure (import, init,
@@ -20,12 +23,12 @@ import math
 import os
 from pathlib import Path
 
-from .config import WANDB_MODES
 from .wandb_auth import have_api_key
 
-__all__ = ["WandbMirror", "resolve_mode", "have_api_key", "array_tables", "MAX_TABLE_ROWS"]
+__all__ = ["WandbMirror", "WANDB_MODES", "resolve_mode", "have_api_key", "array_tables", "MAX_TABLE_ROWS"]
 
-log = logging.getLogger("ndode.harness")
+log = logging.getLogger("ndode.wandb")
+WANDB_MODES = ("online", "offline", "disabled")
 
 
 def resolve_mode(configured: str | None) -> str:
