@@ -43,11 +43,11 @@ def nfe_text(*sources: dict) -> str:
 
 
 class Console:
-    """The console lines of one run (``cfg``: its config: experiment, device, quiet; ``speaks``: this process is
-    rank 0; ``supports_ddp``: the task can run under torchrun)."""
+    """The console lines of one run (``cfg``: its config: experiment, device, quiet; ``world``: its number of
+    processes; ``speaks``: this process is rank 0; ``supports_ddp``: the task can run under torchrun)."""
 
-    def __init__(self, cfg, speaks: bool, supports_ddp: bool):
-        self.cfg, self.speaks, self.supports_ddp = cfg, speaks, supports_ddp
+    def __init__(self, cfg, world: int, speaks: bool, supports_ddp: bool):
+        self.cfg, self.world, self.speaks, self.supports_ddp = cfg, world, speaks, supports_ddp
         self.last_line = (time.perf_counter(), 0)  # (time, unit) of the last progress line: the ETA's pace
         if not speaks:
             log.setLevel(logging.WARNING)  # rank 0 speaks for the run
@@ -56,10 +56,11 @@ class Console:
     def level(self) -> int:
         return logging.DEBUG if self.cfg.quiet else logging.INFO
 
-    def started(self, run_dir, budget, budget_requested: str, device, processes: str, step: int,
-                loaded=None, dropped: int = 0) -> None:
+    def started(self, run_dir, budget, budget_requested: str, device, step: int, loaded=None,
+                dropped: int = 0) -> None:
         """The first line of an attempt: a start, or a resume from ``loaded`` (a checkpoint) at ``step``."""
         where = f"{device} (auto)" if self.cfg.device == "auto" else str(device)
+        processes = self.processes()
         budget_text = f"budget {budget.name}"
         if budget_requested == "auto":
             budget_text += f" (auto: {'CUDA available' if budget.name == 'paper' else 'no CUDA'})"
@@ -74,9 +75,11 @@ class Console:
         """The ETA of the next progress line counts from unit ``step`` at time ``t`` (``time.perf_counter``)."""
         self.last_line = (t, step)
 
-    def processes(self, world: int, backend: str | None) -> str:
-        if world > 1:
-            return f"{world} processes (DDP, {backend})"
+    def processes(self) -> str:
+        if self.world > 1:
+            import torch.distributed
+
+            return f"{self.world} processes (DDP, {torch.distributed.get_backend()})"
         if self.supports_ddp:
             return "1 process"
         return "1 process (this experiment runs single-process; it does not support torchrun)"

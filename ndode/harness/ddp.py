@@ -21,7 +21,7 @@ import torch.distributed as dist
 
 from ..models.odeblock import ode_blocks
 
-__all__ = ["DistEnv", "env", "device_for", "init", "shutdown", "broadcast", "agree", "any_max", "all_sum",
+__all__ = ["DistEnv", "env", "device_for", "init", "shutdown", "broadcast", "agree", "any_max", "any_signal", "all_sum",
            "mean_metrics", "norm_reduce", "synced_error_norms", "check_world", "world_problem", "check_group", "shard",
            "wrap"]
 
@@ -140,6 +140,13 @@ def any_max(denv: DistEnv, value: int, device: torch.device) -> int:
     t = torch.tensor([value], dtype=torch.int64, device=_float_device(device))
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return int(t.item())
+
+
+def any_signal(denv: DistEnv, signum: int | None, device: torch.device) -> int | None:
+    """A stop signal seen by any rank (the largest number), the same on every rank; None: none."""
+    if not denv.active:
+        return signum
+    return any_max(denv, signum or 0, device) or None
 
 
 def all_sum(denv: DistEnv, values, device: torch.device) -> list[float]:

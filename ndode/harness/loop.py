@@ -39,10 +39,10 @@ from .checkpointing import CheckpointError, Checkpoints
 from .config import ConfigError, requested_budget, to_plain, validate
 from .console import Console
 from .hydra_job import hydra_job, hydra_run_dir
-from .metrics import LoopState, NonFiniteError, NonFiniteGuard, nonfinite
+from .metrics import LoopState, NonFiniteError, NonFiniteGuard
 from .outcome import USER_ERRORS, exit_on_command_line, record_failure, record_interrupt, stopped_error
 from .record import RunLockedError, RunRecord, RunRecordError
-from .rundir import RunDirectory, fingerprint, run_identity
+from .rundir import RunDirectory, run_identity
 from .signals import AFTER_UNIT, DEFER, STOP_SIGNALS, RunInterrupted, StopNow, StopSignals
 from .task import RunContext, Task
 
@@ -67,35 +67,30 @@ def resolve_device(spec: str) -> torch.device:
 
 
 class Runner:
-    """One run of one experiment, in named phases.
-
-    ``setup`` (validate the config, claim the run directory, build the task),
-    ``resume`` (from the newest readable checkpoint, if any; the first writes),
-    ``train`` (the unit loop: ``evaluate``, progress lines and ``checkpoint``
-    on the budget's cadence), ``analyze`` (the task's post-training work),
-    ``finish`` (summary, figures) and ``commit`` (``done``). :meth:`run` calls
-    them in that order; a failure is recorded (``fail``), a run refused before
-    its first record leaves no directory behind, and a stop signal ends the
-    run resumable (``interrupt``, ``stopped``).
+    """One run of one experiment, in named phases: ``setup``, ``resume``, ``train`` (``evaluate`` and
+    ``checkpoint`` on the budget's cadence), ``analyze``, ``finish``, ``commit``; :meth:`run` calls them in that
+    order. A failure is recorded (``fail``), a run refused before its first record leaves no directory behind,
+    and a stop signal ends the run resumable (``interrupt``, ``stopped``). Everything else is delegated: the run
+    directory (:class:`RunDirectory`), checkpoints (:class:`Checkpoints`), signals (:class:`StopSignals`), the
+    console (:class:`Console`), the non-finite guard (:class:`NonFiniteGuard`), the W&B mirror.
     """
 
     def __init__(self, cfg, make_task: Callable[[Any, RunContext], Task], run_dir: str | os.PathLike | None = None):
-        self.cfg, self.make_task = cfg, make_task
+        self.cfg, self.make_task, self.budget = cfg, make_task, cfg.budget
         self.job = hydra_job()  # None outside @hydra.main
         self.cli = run_dir is None and self.job is not None  # errors become a message and an exit status
         self.run_dir = run_dir if run_dir is not None or self.job is None else self.job.run_dir
         self.denv = ddp.env()  # RANK, WORLD_SIZE, LOCAL_RANK (torchrun); world 1 otherwise
         self.rank = self.denv.rank
         self.signals = StopSignals(where=lambda: f"{self.budget.unit} {self.step}")
-        self.console = Console(cfg, speaks=self.rank == 0, supports_ddp=getattr(make_task, "supports_ddp", False))
+        self.console = Console(cfg, self.denv.world, speaks=self.rank == 0,
+                               supports_ddp=getattr(make_task, "supports_ddp", False))
         self.phase = "setup"  # for messages: where a stop signal found the run
-        self.start = self.step = 0  # the unit resumed from; the unit whose metrics are being recorded
-        self.metrics_step = 0  # the step of the last record in metrics.jsonl (kept in each checkpoint)
+        # the unit resumed from, the unit whose metrics are being recorded, the last one in metrics.jsonl
+        self.start = self.step = self.metrics_step = 0
         self.state = LoopState()  # what a checkpoint carries besides the task's state
         self.attempt: dict = {}  # details of this attempt for meta.json
-        self.meta_started = False  # this attempt is in meta.json
-        self.interrupted = False  # interrupt() recorded the end of this attempt
-        self.budget = cfg.budget
+        self.meta_started = self.interrupted = False  # this attempt is in meta.json; interrupt() recorded its end
         # built by setup and resume
         self.device, self.budget_requested, self.name = torch.device("cpu"), "auto", ""
         self.config: dict = {}
@@ -218,10 +213,8 @@ class Runner:
         return ddp.agree(self.denv, fn, errors=(RunLockedError, ConfigError), default=RunRecordError)
 
     def resume(self) -> None:
-        """Load the newest readable checkpoint, if any; write the config, start the meta record and the W&B mirror.
-
-        The first writes to the run directory happen here, after every file it holds has been read and checked.
-        """
+        """Load the newest readable checkpoint, if any; then the first writes to the run directory (config, meta),
+        after every file it holds has been read and checked; start the W&B mirror."""
         self.enter("resume")
         cfg, record, budget = self.cfg, self.record, self.budget
         name, ckpt = self.checkpoints.resume(self.task, self.rundir.metrics_steps, self.agree)  # rank 0 picks
@@ -232,19 +225,12 @@ class Runner:
         self.step = self.start
         self.checkpoints.rename_unreadable()
         self.config["device"] = str(self.device)  # the record says where it ran (device is not part of the name)
-        record.write_config(self.config)
         self.metrics_step = max((s for s in self.rundir.metrics_steps if s <= self.start), default=0)
-        dropped = record.truncate_metrics(self.start)  # no checkpoint: the records of an attempt killed before one
-        backend = torch.distributed.get_backend() if self.denv.active else None
-        self.console.started(record.dir, budget, self.budget_requested, self.device,
-                             self.console.processes(self.denv.world, backend), self.start,
+        dropped = self.rundir.begin(self.config, self.start if name is not None else None, self.attempt,
+                                    cfg.experiment, {"requested": self.budget_requested, "resolved": budget.name},
+                                    {"requested": cfg.device, "resolved": str(self.device)})
+        self.console.started(record.dir, budget, self.budget_requested, self.device, self.start,
                              loaded=None if name is None else record.path(name), dropped=dropped)
-        record.start_meta(extra={"experiment": cfg.experiment, "run_name": self.name,
-                                 "overrides": None if self.job is None else self.job.overrides,
-                                 "fingerprint": fingerprint(self.identity),
-                                 "budget": {"requested": self.budget_requested, "resolved": budget.name},
-                                 "device": {"requested": cfg.device, "resolved": str(self.device)}},
-                          resumed_from=self.start if name is not None else None, attempt_extra=self.attempt)
         self.meta_started = True
         self.mirror = WandbMirror.of_run(cfg, self.config, record.dir, self.name, self.task.goals,
                                          enabled=self.rank == 0)
@@ -268,7 +254,9 @@ class Runner:
                 metrics = ddp.mean_metrics(self.denv, metrics, self.device)  # the global batch's (same on every rank)
                 if task.scheduler is not None:
                     task.scheduler.step()
-                self.check_finite(metrics, snapshot)
+                skip = self.guard.check(task, s, metrics, snapshot, state, self.checkpoints.last_step)
+                if skip is not None:
+                    self.emit("skip", skip)
                 last = s == budget.steps
                 if s % budget.log_every == 0 or last:
                     self.emit("train", state.end_interval())
@@ -278,23 +266,11 @@ class Runner:
                     self.console.progress(self.name, budget, s, state)
                 if (budget.checkpoint_every and s % budget.checkpoint_every == 0) or last:
                     self.checkpoint()
-                stop = self.signals.received
-                if self.denv.active:  # a signal seen by any rank stops them all after this unit; one that comes
-                    # after this all-reduce stays in `received` for the next (so the decision is the same everywhere)
-                    stop = ddp.any_max(self.denv, stop or 0, self.device) or None
+                # a signal seen by any rank stops them all after this unit; one that comes after this all-reduce
+                # stays in `received` for the next (so the decision is the same everywhere)
+                stop = ddp.any_signal(self.denv, self.signals.received, self.device)
                 if stop is not None:
                     self.interrupt(stop)
-
-    def check_finite(self, metrics: dict, snapshot: dict | None) -> None:
-        """Add a unit's metrics to the interval means, or skip the unit / stop the run if any is not finite."""
-        bad, state = nonfinite(metrics), self.state
-        if not bad:
-            state.means.add(metrics)
-            return
-        self.guard.skip(self.task, self.step, bad, metrics, snapshot, state.skipped, self.checkpoints.last_step,
-                        state.last_train)
-        state.skipped += 1
-        self.emit("skip", {"skipped": state.skipped, "nonfinite": ",".join(bad)})
 
     def evaluate(self) -> None:
         """``Task.evaluate`` in eval mode; keeps the best value of each goal metric (a non-finite one stops the run)."""
@@ -305,11 +281,11 @@ class Runner:
                 metrics = {k: (v.item() if isinstance(v, torch.Tensor) else v) for k, v in task.evaluate().items()}
         finally:
             task.model.train()
-        bad = {k: v for k, v in nonfinite(metrics).items() if k in task.goals}
-        if bad:
+        error = self.guard.check_goals(task.goals, self.step, metrics, self.checkpoints.last_step,
+                                       self.state.last_train)
+        if error is not None:
             self.emit("eval", metrics)
-            raise self.guard.error("goal metric at the evaluation after", self.step, bad, metrics,
-                                   self.checkpoints.last_step, self.state.last_train)
+            raise error
         self.state.evaluated(self.step, metrics, task.goals)
         self.emit("eval", metrics)
 
@@ -355,11 +331,8 @@ class Runner:
         record_failure(self.record, e, self.phase, self.step)
 
     def interrupt(self, signum: int) -> None:
-        """Checkpoint (unless this unit just did), record the interruption, stop with :class:`RunInterrupted`.
-
-        A handler installed before the run for this signal (other than Python's Ctrl-C handler) runs next: a
-        launcher's requeue (submitit) happens after the checkpoint.
-        """
+        """Checkpoint (unless this unit just did), record the interruption, hand the signal over to the handler
+        installed before the run (a launcher's requeue), stop with :class:`RunInterrupted`."""
         if self.checkpoints.last_step != self.step:
             self.checkpoint()
         self.interrupted = True

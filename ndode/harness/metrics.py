@@ -130,18 +130,32 @@ class NonFiniteGuard:
         return copy.deepcopy({"model": task.model.state_dict(),
                               "optimizer": task.optimizer.state_dict() if task.optimizer is not None else None})
 
-    def skip(self, task, step: int, bad: dict, metrics: dict, snapshot: dict | None, skipped: int,
-             checkpoint_step: int | None, last_train: dict) -> None:
-        """Undo unit ``step`` (its metrics ``bad`` are not finite; ``skipped`` units were skipped before), or
-        raise :class:`NonFiniteError` when no skip is left."""
-        if snapshot is None or skipped >= self.allowed:
-            raise self.error("training metric at", step, bad, metrics, checkpoint_step, last_train)
+    def check(self, task, step: int, metrics: dict, snapshot: dict | None, state: LoopState,
+              checkpoint_step: int | None) -> dict | None:
+        """After unit ``step``: add its metrics to the interval means, or, when one is not finite, undo the unit
+        and return its ``skip`` record (model and optimizer back to ``snapshot``), or raise
+        :class:`NonFiniteError` when no skip is left."""
+        bad = nonfinite(metrics)
+        if not bad:
+            state.means.add(metrics)
+            return None
+        if snapshot is None or state.skipped >= self.allowed:
+            raise self.error("training metric at", step, bad, metrics, checkpoint_step, state.last_train)
         task.model.load_state_dict(snapshot["model"])
         if snapshot["optimizer"] is not None:
             task.optimizer.load_state_dict(snapshot["optimizer"])
+        state.skipped += 1
         log.warning("%s %d/%d: %s not finite; unit skipped (model and optimizer restored), %d of %d allowed skips",
                     self.budget.unit, step, self.budget.steps, ", ".join(f"{k}={v}" for k, v in bad.items()),
-                    skipped + 1, self.allowed)
+                    state.skipped, self.allowed)
+        return {"skipped": state.skipped, "nonfinite": ",".join(bad)}
+
+    def check_goals(self, goals: dict, step: int, metrics: dict, checkpoint_step: int | None,
+                    last_train: dict) -> NonFiniteError | None:
+        """The error for an evaluation whose goal metrics are not all finite (None: they are)."""
+        bad = {k: v for k, v in nonfinite(metrics).items() if k in goals}
+        return self.error("goal metric at the evaluation after", step, bad, metrics, checkpoint_step,
+                          last_train) if bad else None
 
     def error(self, what: str, step: int, bad: dict, metrics: dict, checkpoint_step: int | None,
               last_train: dict) -> NonFiniteError:

@@ -105,6 +105,21 @@ class RunDirectory:
             self.log_file.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
             logging.getLogger().addHandler(self.log_file)
 
+    def begin(self, config: dict, start: int | None, attempt: dict, experiment: str, budget: dict,
+              device: dict) -> int:
+        """The first writes of this attempt, once every file of the directory has been read and checked:
+        config.yaml, metrics.jsonl cut back to unit ``start`` (the checkpoint resumed from; None: there is none,
+        and the records of an attempt killed before its first checkpoint go), a new attempt (``attempt``: its
+        details) in meta.json. Returns how many metric records were dropped."""
+        record = self.record
+        record.write_config(config)
+        dropped = record.truncate_metrics(start or 0)
+        record.start_meta(extra={"experiment": experiment, "run_name": record.dir.name,
+                                 "overrides": None if self.job is None else self.job.overrides,
+                                 "fingerprint": fingerprint(self.identity), "budget": budget, "device": device},
+                          resumed_from=start, attempt_extra=attempt)
+        return dropped
+
     def abandon(self) -> bool:
         """A run refused before its first record: remove its directory (if this attempt was its first); True if so."""
         record = self.record
