@@ -19,11 +19,11 @@ wandb = pytest.importorskip("wandb")
 
 from _experiments import load_script  # noqa: E402
 
-from ndode.harness import run_experiment  # noqa: E402
-from ndode.harness.wandb_mirror import MAX_TABLE_ROWS, array_tables  # noqa: E402
+from ndode.harness import load_runs, run_experiment  # noqa: E402
 from ndode.report.dashboard import collect_runs, format_outline, outline, summary_run_id  # noqa: E402
 from ndode.report.registry import REGISTRY, Experiment, Section, View  # noqa: E402
 from ndode.report.tables import TABLES  # noqa: E402
+from ndode.wandb_mirror import MAX_TABLE_ROWS, array_tables  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -133,7 +133,7 @@ def test_demo_smoke_run_logs_its_figure_and_arrays_and_make_tables_writes_a_summ
     assert table["mse_heldout"].iloc[0] == pytest.approx(json.loads((run_dir / "summary.json").read_text())["mse_heldout"])
     assert "figures/ode_demo" not in summary["summary"]  # no results/figures/ode_demo.png: make figures not run
     # the summary run is not a run record: the collector still finds exactly one run
-    assert collect_runs(tmp_path / "runs", results)["run"].tolist() == ["budget=smoke,seed=0"]
+    assert collect_runs(load_runs(tmp_path / "runs"), results)["run"].tolist() == ["budget=smoke,seed=0"]
 
 
 def test_mnist_smoke_run_logs_its_sweep_and_the_summary_run_holds_table1(tmp_path, offline):
@@ -238,7 +238,7 @@ def test_every_experiment_with_a_table_or_figure_has_a_dashboard_section():
 
 def test_docs_and_readme_show_the_outline_of_the_committed_results():
     """docs/dashboard.md holds what --dry-run prints for the committed results; README its section headings."""
-    text = format_outline(outline(REGISTRY, collect_runs(REPO / "no-run-records", REPO / "results"), "cpu"), None, "ndode")
+    text = format_outline(outline(REGISTRY, collect_runs(None, REPO / "results"), "cpu"), None, "ndode")
     fix = "update them from `python scripts/wandb_dashboard.py --dry-run --runs none`"
     assert text in (REPO / "docs" / "dashboard.md").read_text(encoding="utf-8"), f"docs/dashboard.md: {fix}"
     readme = (REPO / "README.md").read_text(encoding="utf-8")
@@ -278,7 +278,7 @@ def test_make_dashboard_without_key_fails_with_the_message_and_no_network(tmp_pa
 
 
 def test_media_logs_what_it_can_read_and_never_fails(tmp_path, caplog):
-    from ndode.harness.wandb_mirror import WandbMirror
+    from ndode.wandb_mirror import WandbMirror
 
     (tmp_path / "arrays").mkdir()
     (tmp_path / "arrays" / "bad.npz").write_bytes(b"not an npz")

@@ -22,13 +22,13 @@ from hydra.errors import ConfigCompositionException  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
 import ndode  # noqa: E402
+from ndode import wandb_mirror  # noqa: E402
 from ndode.harness import (  # noqa: E402
     ConfigError,
     RunRecord,
     RunRecordError,
     load_runs,
     run_experiment,
-    wandb_mirror,  # noqa: E402
 )
 from ndode.harness.config import NAME_EXCLUDED_KEYS, run_name, solver_kwargs  # noqa: E402
 from ndode.harness.record import atomic_write_text, read_jsonl  # noqa: E402

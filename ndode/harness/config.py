@@ -25,6 +25,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from .. import ADJOINTS
 from ..tableau import TABLEAUS
+from ..wandb_mirror import WANDB_MODES
 
 __all__ = [
     "ConfigError", "SolverMethod", "AdjointMethod", "SolverConfig", "BudgetConfig", "LoggerConfig", "ExperimentConfig",
@@ -125,7 +126,6 @@ AdjointMethod = Enum("AdjointMethod", {name: name for name in ("none", *ADJOINTS
 AdjointMethod.__doc__ = "Gradient methods of a solve: none (direct backpropagation) or an ndode.ADJOINTS name."
 AdjointMethod.__bool__ = lambda self: self.name != "none"  # `if cfg.solver.adjoint:` reads as before (a bool)
 
-WANDB_MODES = ("online", "offline", "disabled")
 BUDGET_UNITS = ("iter", "epoch")
 # Keys that do not change what a run computes: left out of run names and of
 # the config comparison made when a run directory is reused.
