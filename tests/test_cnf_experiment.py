@@ -14,15 +14,15 @@ import pandas as pd
 import pytest
 
 pytest.importorskip("hydra")
-from _experiments import compose_config, load_experiment, load_script  # noqa: E402
+from _support import compose_config, load_script  # noqa: E402
 
+from ndode.experiments import cnf  # noqa: E402
 from ndode.harness import ConfigError, load_runs, read_jsonl, run_experiment  # noqa: E402
 from ndode.report import cnf as C  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-cnf = load_experiment("cnf")
 
 
 def compose_cnf(*overrides):

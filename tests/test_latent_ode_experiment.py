@@ -12,17 +12,17 @@ import torch
 import yaml
 
 pytest.importorskip("hydra")
-from _experiments import compose_config, load_experiment, load_script  # noqa: E402
+from _support import compose_config, load_script  # noqa: E402
 from hydra.errors import ConfigCompositionException  # noqa: E402
 
 from ndode.data.spirals import READINGS as READING_DEFINITIONS  # noqa: E402
+from ndode.experiments import latent_ode as latent  # noqa: E402
 from ndode.harness import ConfigError, load_runs, run_experiment  # noqa: E402
 from ndode.report.latent_ode import figure8_runs, plot_fig8, plot_fig9, table2, table2_markdown, verdicts  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-latent = load_experiment("latent_ode")
 
 
 def compose_latent(*overrides):
@@ -118,8 +118,6 @@ def test_table2_and_figures_from_run_records(smoke_runs, tmp_path):
 
 def test_figures_8_and_9_name_their_budget(smoke_runs, tmp_path, monkeypatch):
     """A smoke figure must not look like a real one: its title says budget=smoke."""
-    from _experiments import load_script
-
     make_figures, titles = load_script("make_figures"), {}
 
     def save(fig, path):

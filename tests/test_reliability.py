@@ -23,11 +23,11 @@ import pytest
 import torch
 
 pytest.importorskip("hydra")
-from _experiments import load_experiment  # noqa: E402
+from _support import CONFIGS, compose_demo, compose_mnist, smoke  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 from hydra.errors import ConfigCompositionException  # noqa: E402
-from test_harness import CONFIGS, compose_demo, ode_demo, smoke  # noqa: E402
 
+from ndode.experiments import cnf, latent_ode, latent_poisson, mnist, ode_demo  # noqa: E402
 from ndode.harness import ConfigError, RunRecord, load_runs, run_experiment  # noqa: E402
 from ndode.harness.config import Range, run_name, validate  # noqa: E402
 from ndode.harness.loop import CheckpointError, NonFiniteError, RunInterrupted  # noqa: E402
@@ -88,12 +88,6 @@ def _run_dir(tmp_path, *extra) -> Path:
 
 # ------------------------------------------------------------------ bad values: one mechanism, messages, nothing left
 
-mnist = load_experiment("mnist")
-
-
-def compose_mnist(*overrides):
-    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        return compose("mnist", overrides=list(overrides))
 
 
 BAD_DEMO = [  # (override, words the message must hold)
@@ -188,8 +182,8 @@ def test_every_numeric_option_has_a_range(schema):
     import typing
 
     cls = {"ode_demo": ode_demo.ODEDemoConfig, "mnist": mnist.MNISTConfig,
-           "cnf": load_experiment("cnf").CNFConfig, "latent_ode": load_experiment("latent_ode").LatentODEConfig,
-           "latent_poisson": load_experiment("latent_ode").LatentPoissonConfig}[schema]
+           "cnf": cnf.CNFConfig, "latent_ode": latent_ode.LatentODEConfig,
+           "latent_poisson": latent_poisson.LatentPoissonConfig}[schema]
     missing = []
 
     def walk(c, path):
@@ -760,12 +754,12 @@ def test_bad_run_root_is_an_error_line(tmp_path, where):
 _SIGNAL_SCRIPT = '''
 import os, signal, sys
 import hydra
-sys.path.insert(0, {tests!r})
-from _experiments import load_experiment
 from ndode.harness import run_experiment
 from ndode.harness.record import RunRecord
 
-ode_demo, PHASE = load_experiment("ode_demo"), os.environ["SIGNAL_IN"]
+from ndode.experiments import ode_demo
+
+PHASE = os.environ["SIGNAL_IN"]
 
 
 def kill(phase):
@@ -813,7 +807,7 @@ def test_sigterm_outside_the_unit_loop_leaves_the_run_interrupted(tmp_path, clea
     run_dir = _interrupted(tmp_path)  # an earlier attempt: checkpoint at iter 15
     attempts = len(_meta(run_dir)["attempts"])
     script = tmp_path / "signal_demo.py"
-    script.write_text(_SIGNAL_SCRIPT.format(tests=str(REPO / "tests"), configs=str(REPO / "configs")))
+    script.write_text(_SIGNAL_SCRIPT.format(configs=str(REPO / "configs")))
     p = subprocess.run([sys.executable, str(script), *RUN, f"run_root={tmp_path}", "quiet=true"], cwd=REPO,
                        env={**_env(), "SIGNAL_IN": phase}, capture_output=True, text=True, timeout=240)
     out = p.stdout + p.stderr

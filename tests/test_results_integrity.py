@@ -6,6 +6,7 @@ what is under test is the path from records to tables and figures, not training.
 
 from __future__ import annotations
 
+import importlib
 import json
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import yaml
 pytest.importorskip("hydra")
 pytest.importorskip("matplotlib")
 
-from _experiments import compose_config, load_experiment, load_script  # noqa: E402
+from _support import compose_config, load_script  # noqa: E402
 
 from ndode.harness import load_runs  # noqa: E402
 from ndode.harness.config import to_plain  # noqa: E402
@@ -26,7 +27,7 @@ from ndode.report.tables import TABLES, seed_table  # noqa: E402
 def record(root: Path, experiment: str, overrides: list[str], summary: dict, seed: int, name: str | None = None,
            finished: str = "2026-12-01T00:00:00+00:00") -> Path:
     """A finished run record as the harness leaves it (config, meta, summary, done)."""
-    load_experiment(experiment)  # registers the schema
+    importlib.import_module(f"ndode.experiments.{experiment}")  # registers the schema
     cfg = compose_config(experiment, *overrides, f"seed={seed}", "device=cpu")
     config = to_plain(cfg)
     d = root / experiment / (name or ",".join([*overrides, f"seed={seed}"]))

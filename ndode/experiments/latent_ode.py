@@ -47,7 +47,10 @@ from ndode.harness import ConfigError, ExperimentConfig, atomic_save, ranged, re
 from ndode.models.latent_ode import LatentODE, latent_ode_elbo
 from ndode.models.rnn import RNNBaseline, rnn_nll
 
-from ._latent import PAPER_TOL, LatentBudget, SpiralSplits, SpiralTask
+from ._latent import PAPER_TOL, LatentBudget, NonFiniteLossError, SpiralSplits, SpiralTask
+
+__all__ = ["LatentODEConfig", "LatentODETask", "SpiralModel", "SpiralLatentODE", "SpiralRNN", "MODELS",
+           "NonFiniteLossError"]
 
 LatentModelName = Enum("LatentModelName", {n: n for n in ("latent_ode", "rnn", "rnn_dt")}, module=__name__)
 

@@ -28,7 +28,9 @@ from ndode.data.spirals import spiral_readings
 from ndode.harness import ConfigError, ExperimentConfig, atomic_save, ranged, register_schema
 from ndode.models.latent_ode import PoissonLatentODE, latent_ode_elbo, poisson_log_likelihood
 
-from ._latent import LatentBudget, SpiralSplits, SpiralTask
+from ._latent import LatentBudget, NonFiniteLossError, SpiralSplits, SpiralTask
+
+__all__ = ["LatentPoissonConfig", "PoissonTask", "NonFiniteLossError"]
 
 PoissonModelName = Enum("PoissonModelName", {"latent_poisson": "latent_poisson"}, module=__name__)
 
