@@ -121,6 +121,8 @@ class ODEDemoTask(Task):
             self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
                 self.optimizer, T_max=max(1, cfg.budget.steps - cfg.budget.refine_steps))
         self.solver = solver_kwargs(cfg.solver)
+        # the evaluation's solve: nothing differentiates it, so no adjoint
+        self.eval_solver = {**self.solver, "adjoint": None}
         self.batches = torch.Generator().manual_seed(cfg.seed + 1)  # mini-batch sampling, checkpointed
         self.refiner = torch.optim.LBFGS(self.model.parameters(), lr=1.0, max_iter=cfg.budget.refine_max_iter,
                                          history_size=20, line_search_fn="strong_wolfe")
@@ -173,8 +175,7 @@ class ODEDemoTask(Task):
                 "refine_nfe_backward": nfe["backward"] if self.solver["adjoint"] is not None else None}
 
     def _trajectory(self):
-        kw = dict(self.solver, adjoint=None)
-        return ndode.solve(self.model, self.y_true[0], self.t, **kw)
+        return ndode.solve(self.model, self.y_true[0], self.t, **self.eval_solver)
 
     def evaluate(self) -> dict:
         sol = self._trajectory()
