@@ -9,6 +9,12 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 import pytest  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def _wandb_disabled(monkeypatch):
+    """No test reaches W&B or writes its files unless it asks (``monkeypatch.setenv("WANDB_MODE", "offline")``)."""
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+
+
 @pytest.fixture(params=["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
     not torch.cuda.is_available(), reason="no CUDA device"))])
 def device(request):

@@ -26,11 +26,6 @@ REPO = Path(__file__).resolve().parents[1]
 SHORT = ["budget.steps=5", "budget.refine_steps=1"]
 
 
-@pytest.fixture(autouse=True)
-def _no_wandb(monkeypatch):
-    monkeypatch.setenv("WANDB_MODE", "disabled")
-
-
 def hydra_compose(name: str, *overrides: str):
     """The config with its ``hydra`` node (run directory, launcher), as a job of the command line gets it."""
     return compose_config(name, *overrides, hydra=True)

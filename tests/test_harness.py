@@ -37,11 +37,6 @@ DATA = Path(__file__).resolve().parent / "data"
 
 
 
-@pytest.fixture(autouse=True)
-def _no_wandb(monkeypatch):
-    monkeypatch.setenv("WANDB_MODE", "disabled")
-
-
 # ------------------------------------------------------------------ configs
 
 

@@ -100,6 +100,7 @@ class Rotation(torch.nn.Module):
         return z @ torch.as_tensor(self.A, dtype=z.dtype).T
 
 
+@pytest.mark.slow
 def test_lambda_integrated_by_the_solver_matches_quadrature_on_a_fixed_trajectory():
     torch.manual_seed(0)
     model = PoissonLatentODE().double()
@@ -226,11 +227,6 @@ from hydra.errors import ConfigCompositionException  # noqa: E402
 from ndode.harness import ConfigError, run_experiment  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def _no_wandb(monkeypatch):
-    monkeypatch.setenv("WANDB_MODE", "disabled")
-
-
 @pytest.mark.parametrize("override, words", [
     ("data.rate_min=0", ["data.rate_min=0.0", "> 0"]),
     ("data.rate_scale=-1", ["data.rate_scale=-1.0", "> 0"]),
@@ -278,6 +274,7 @@ def smoke_runs(tmp_path_factory):
 
 
 @pytest.mark.parametrize("poisson", [True, False])
+@pytest.mark.slow
 def test_smoke_run_end_to_end(poisson, smoke_runs):
     s, run_dir = smoke_runs[1][(poisson, 0)]
     assert (run_dir / "done").exists() and s["poisson"] is poisson
@@ -297,6 +294,7 @@ def test_smoke_run_end_to_end(poisson, smoke_runs):
         assert "test_event_ll" not in s and "rate" not in a
 
 
+@pytest.mark.slow
 def test_table_and_figure_7_from_the_records(smoke_runs, tmp_path):
     from ndode.harness import load_runs
     from ndode.report.latent_ode import plot_fig7, poisson_claims, poisson_markdown, poisson_table

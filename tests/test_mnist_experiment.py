@@ -21,12 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 
-@pytest.fixture(autouse=True)
-def _no_wandb(monkeypatch):
-    monkeypatch.setenv("WANDB_MODE", "disabled")
-
-
-@pytest.mark.parametrize("model", ["mlp", "resnet", "rknet", "odenet"])
+@pytest.mark.parametrize("model", ["mlp", "resnet", *(pytest.param(m, marks=pytest.mark.slow) for m in ("rknet", "odenet"))])
 def test_smoke_run_reports_table1_columns(model, data_root, tmp_path):
     cfg = compose_mnist(f"model={model}", "budget=smoke", "quiet=true", f"data.root={data_root}",
                         f"run_root={tmp_path}")

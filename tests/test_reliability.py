@@ -40,11 +40,6 @@ RUN = ["budget=smoke", "budget.steps=40", "budget.refine_steps=1", "budget.check
        "budget.eval_every=20", "budget.log_every=5"]
 
 
-@pytest.fixture(autouse=True)
-def _no_wandb(monkeypatch):
-    monkeypatch.setenv("WANDB_MODE", "disabled")
-
-
 def _files(root: Path) -> list[Path]:
     return [p for p in root.rglob("*") if p.is_file()] if root.exists() else []
 
@@ -242,6 +237,7 @@ def test_task_error_after_start_is_recorded_not_removed(tmp_path):
     assert meta["attempts"][-1]["failed_at_step"] == 13
 
 
+@pytest.mark.slow
 def test_cli_bad_value_exits_with_message_and_leaves_nothing(tmp_path):
     p = subprocess.run([sys.executable, str(SCRIPT), "model.hidden=0", "budget=smoke", f"run_root={tmp_path}"],
                        cwd=REPO, env=_env(), capture_output=True, text=True, timeout=240)
@@ -379,6 +375,7 @@ class _CtrlC(_Signalled):
 
 
 @pytest.mark.parametrize("task", [_Signalled, _CtrlC], ids=["SIGTERM", "SIGINT"])
+@pytest.mark.slow
 def test_signal_in_process_finishes_the_unit_and_resumes_exactly(tmp_path, clean, task):
     before = signal.getsignal(task.SIG)
     with pytest.raises(RunInterrupted) as err:
@@ -397,6 +394,7 @@ class _SlurmWarning(_Signalled):
     SIG = signal.SIGUSR2
 
 
+@pytest.mark.slow
 def test_sigusr2_checkpoints_then_hands_over_to_the_launchers_handler(tmp_path, clean):
     """SLURM's --signal=USR2 ahead of a time limit or preemption: checkpoint first, then submitit's requeue."""
     calls = []
@@ -422,6 +420,7 @@ def test_sigusr2_checkpoints_then_hands_over_to_the_launchers_handler(tmp_path, 
 # ------------------------------------------------------------------ corrupt checkpoints
 
 
+@pytest.mark.slow
 def test_truncated_checkpoint_falls_back_to_the_previous_one(tmp_path, clean, caplog):
     with pytest.raises(RunInterrupted):
         _run(tmp_path, _Signalled)
@@ -489,6 +488,7 @@ def test_nan_loss_stops_the_run_and_keeps_the_checkpoint(tmp_path):
     assert load_runs(tmp_path).empty
 
 
+@pytest.mark.slow
 def test_nonfinite_skips_undoes_the_unit(tmp_path):
     """The failed run, rerun with nonfinite_skips=2: it resumes from its last good checkpoint and skips the unit."""
     with pytest.raises(NonFiniteError):
@@ -513,6 +513,7 @@ def test_nonfinite_goal_metric_stops_the_run(tmp_path):
     assert _meta(_run_dir(tmp_path))["status"] == "failed"
 
 
+@pytest.mark.slow
 def test_tables_leave_failed_runs_out_and_say_so(tmp_path, capsys):
     sys.path.insert(0, str(REPO / "scripts"))
     try:
@@ -551,6 +552,7 @@ def test_enospc_during_record_write_keeps_previous_files(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml", "summary.json"]  # no temporary files
 
 
+@pytest.mark.slow
 def test_enospc_while_checkpointing_stops_the_run_and_keeps_the_last_checkpoint(tmp_path, monkeypatch, clean):
     real_save, calls = torch.save, []
 
@@ -644,6 +646,7 @@ def _interrupted(tmp_path, *extra) -> Path:
     return _run_dir(tmp_path, *extra)
 
 
+@pytest.mark.slow
 def test_checkpoint_of_another_seed_is_refused(tmp_path):
     """The issue's case: seed 1's checkpoint copied into seed 0's directory is not resumed from."""
     from ndode.harness import RunRecordError
@@ -659,6 +662,7 @@ def test_checkpoint_of_another_seed_is_refused(tmp_path):
     assert _snapshot(mine) == before  # nothing rewritten, truncated or renamed
 
 
+@pytest.mark.slow
 def test_checkpoint_ahead_of_the_metrics_is_refused(tmp_path):
     """A checkpoint of the same config but of another run directory, further on than this one's metrics."""
     from ndode.harness import RunRecordError
@@ -672,6 +676,7 @@ def test_checkpoint_ahead_of_the_metrics_is_refused(tmp_path):
     assert _snapshot(mine) == before
 
 
+@pytest.mark.slow
 def test_checkpoint_from_before_the_identity_check_still_resumes(tmp_path, clean):
     """Checkpoints written before they carried their run's identity resume as before (config.yaml was compared),
     unless they are further on than one logging interval past the metrics."""
@@ -691,6 +696,7 @@ def test_checkpoint_from_before_the_identity_check_still_resumes(tmp_path, clean
     assert _strip(summary) == clean[0] and _metrics(run_dir) == clean[1]
 
 
+@pytest.mark.slow
 def test_meta_of_another_run_is_refused(tmp_path):
     from ndode.harness import RunRecordError
 
@@ -719,6 +725,7 @@ def test_corrupt_record_is_refused_before_anything_changes(tmp_path, name, text)
     assert _snapshot(run_dir) == before
 
 
+@pytest.mark.slow
 def test_corrupt_metrics_line_is_reported_not_dropped_silently(tmp_path, caplog, clean):
     run_dir = _interrupted(tmp_path)
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
@@ -735,6 +742,7 @@ def test_corrupt_metrics_line_is_reported_not_dropped_silently(tmp_path, caplog,
 
 
 @pytest.mark.parametrize("where", ["file", "under_a_file", "proc", "read_only"])
+@pytest.mark.slow
 def test_bad_run_root_is_an_error_line(tmp_path, where):
     if where == "read_only" and os.geteuid() == 0:
         pytest.skip("root writes into read-only directories")

@@ -64,6 +64,7 @@ def test_latent_table_never_averages_runs_with_another_learning_rate(tmp_path):
     assert "0.3" in md  # the latent ODE's cell, one configuration, is still there
 
 
+@pytest.mark.slow
 def test_cnf_table_never_averages_runs_with_other_steps(tmp_path):
     """The issue's second example: a Figure 5 CNF run with budget.steps=800 beside the smoke runs."""
     runs, out = tmp_path / "runs", tmp_path / "out"
