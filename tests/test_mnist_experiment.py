@@ -138,7 +138,7 @@ def test_every_solver_option_reaches_the_ode_block():
 
     cfg = validate(compose_mnist("model=rknet", "solver.max_num_steps=7", "solver.rtol=1e-4"))
     block = next(ode_blocks(build_mnist_model(cfg.model.name.name, **mnist._model_kwargs(cfg))))
-    assert block.options == {"max_num_steps": 7} and block.rtol == 1e-4 and block.adjoint is None
+    assert block.options == {"controller": "integral", "max_num_steps": 7} and block.rtol == 1e-4 and block.adjoint is None
     cfg = validate(compose_mnist("model=odenet", "solver=rk4", "solver.step_size=0.25"))
     block = next(ode_blocks(build_mnist_model(cfg.model.name.name, **mnist._model_kwargs(cfg))))
     assert block.method == "rk4" and block.options == {"step_size": 0.25} and isinstance(block.adjoint, ndode.BacksolveAdjoint)
