@@ -86,6 +86,20 @@ def test_cnf_table_never_averages_runs_with_other_steps(tmp_path):
     assert "budget.steps" in md and "seeds 0,1" in md and "seeds 2" in md
 
 
+def test_mnist_table_keeps_rknet_and_odenet_apart(tmp_path):
+    """RK-Net is the ODE-Net architecture with solver.adjoint=none: a cell per (model, adjoint), not one mixed cell
+    that drops both rows (as Table 1 did after make reproduce-mnist)."""
+    runs, out = tmp_path / "runs", tmp_path / "out"
+    summary = {"test_error": 0.02, "params": 208266, "saved_bytes": 1e6, "step_time_s": 0.5, "wall_time_s": 1.0}
+    for seed in (0, 1):
+        for model in ("odenet", "rknet", "resnet"):
+            record(runs, "mnist", [f"model={model}", "budget=smoke"], summary, seed)
+    assert load_script("make_tables").main(["--runs", str(runs), "--out", str(out), "--experiment", "mnist"]) == 0
+    table = pd.read_csv(out / "tables" / "mnist_table1.csv")
+    assert set(table["model"]) == {"odenet", "rknet", "resnet"} and (table["n_seeds"] == 2).all()
+    assert "left out" not in (out / "tables" / "mnist_table1.md").read_text().lower()
+
+
 def test_a_seed_counts_once_and_unrelated_options_do_not_split_a_cell():
     from ndode.report.tables import one_config_per_cell
 

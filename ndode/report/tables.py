@@ -51,7 +51,7 @@ TABLES: dict[str, TableSpec] = {
 # one configuration (one_config_per_cell). The cells are the paper's axes: MNIST's model, the CNF's target, flow
 # and size, the latent ODE's model and observation count, the Poisson term on or off; the demo's table rows.
 CELLS: dict[str, tuple[str, ...]] = {
-    "mnist": ("model.name",),
+    "mnist": ("model.name", "solver.adjoint"),  # RK-Net is model.name=odenet with solver.adjoint=none
     "cnf": ("data", "flow", "size"),
     "latent_ode": ("model.name", "data.n_obs"),
     "latent_poisson": ("model.poisson",),
