@@ -86,6 +86,19 @@ def test_cnf_table_never_averages_runs_with_other_steps(tmp_path):
     assert "budget.steps" in md and "seeds 0,1" in md and "seeds 2" in md
 
 
+def test_latent_table_keeps_an_rnns_candidates_apart_and_chooses_on_validation(tmp_path):
+    """model=rnn and model=rnn_ss are one model.name with two model.feed_prev values: two candidates the report
+    chooses between on validation, not one mixed cell that drops both (as the first cpu sweep's table did)."""
+    runs, out = tmp_path / "runs", tmp_path / "out"
+    for seed in (0, 1, 2):
+        record(runs, "latent_ode", ["model=rnn", "data.n_obs=30", "budget=smoke"], _latent(0.9), seed)
+        record(runs, "latent_ode", ["model=rnn_ss", "data.n_obs=30", "budget=smoke"], _latent(0.7), seed)
+        record(runs, "latent_ode", ["model=latent_ode", "data.n_obs=30", "budget=smoke"], _latent(0.3), seed)
+    assert load_script("make_tables").main(["--runs", str(runs), "--out", str(out), "--experiment", "latent_ode"]) == 0
+    md = (out / "tables" / "latent_table2.md").read_text()
+    assert "left out" not in md.lower() and "0.7" in md and "0.9" not in md  # scheduled sampling chosen (lower val)
+
+
 def test_mnist_table_keeps_rknet_and_odenet_apart(tmp_path):
     """RK-Net is the ODE-Net architecture with solver.adjoint=none: a cell per (model, adjoint), not one mixed cell
     that drops both rows (as Table 1 did after make reproduce-mnist)."""

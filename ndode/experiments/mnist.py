@@ -128,7 +128,7 @@ class _StepBatches:
 
     def __iter__(self):  # under torchrun: this rank's share of each global batch
         task = self.task
-        return (ddp.shard(task._batch_indices(s), task.dist).tolist() for s in range(self.first, task.cfg.budget.steps))
+        return (ddp.shard(task.batch_indices(s), task.dist).tolist() for s in range(self.first, task.cfg.budget.steps))
 
     def __len__(self) -> int:
         return self.task.cfg.budget.steps - self.first
@@ -184,7 +184,7 @@ class MNISTTask(Task):
         frac = (epoch - b.warmup_epochs) / max(total - b.warmup_epochs, 1e-9)
         return 0.5 * (1 + math.cos(math.pi * min(frac, 1.0)))
 
-    def _batch_indices(self, step: int) -> torch.Tensor:
+    def batch_indices(self, step: int) -> torch.Tensor:
         epoch, i = divmod(step, self.iters_per_epoch)
         g = torch.Generator().manual_seed(self.cfg.seed * 100_003 + epoch)
         perm = torch.randperm(len(self.train), generator=g)

@@ -53,7 +53,9 @@ TABLES: dict[str, TableSpec] = {
 CELLS: dict[str, tuple[str, ...]] = {
     "mnist": ("model.name", "solver.adjoint"),  # RK-Net is model.name=odenet with solver.adjoint=none
     "cnf": ("data", "flow", "size"),
-    "latent_ode": ("model.name", "data.n_obs"),
+    # an RNN's candidates (model.feed_prev: teacher forcing, scheduled sampling) are cells of their own; the report
+    # chooses between them on validation (ndode.report.latent_ode.VARIANT_KEYS)
+    "latent_ode": ("model.name", "model.feed_prev", "data.n_obs"),
     "latent_poisson": ("model.poisson",),
     **{name: tuple(c for c in spec.by if c != "budget.name") for name, spec in TABLES.items()},
 }
