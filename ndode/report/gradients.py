@@ -108,10 +108,10 @@ def _training_experiment(r) -> str | None:
 
 def verdict(a_mean: float, a_std: float, a_n: int, b_mean: float, b_std: float, b_n: int) -> tuple[str, float, float]:
     """``(verdict, a − b, se)``: ``tie`` when ``|a − b| <= 2·se`` with ``se = √(s²_a/n_a + s²_b/n_b)`` (seed noise),
-    else ``differs``; ``n/a`` with fewer than 2 seeds on a side."""
+    else ``differs``; ``few seeds`` with fewer than 2 seeds on a side."""
     diff = a_mean - b_mean
     if a_n < 2 or b_n < 2 or not (np.isfinite(a_std) and np.isfinite(b_std)):
-        return "n/a", diff, math.nan
+        return "few seeds", diff, math.nan
     se = math.sqrt(a_std**2 / a_n + b_std**2 / b_n)
     return ("tie" if abs(diff) <= 2 * se else "differs"), diff, se
 
@@ -142,7 +142,7 @@ def training_table(df: pd.DataFrame) -> pd.DataFrame:
                     verd, diff, se = verdict(vm, vs, len(v), float(rv.mean()) if len(rv) else math.nan,
                                              float(rv.std(ddof=1)) if len(rv) > 1 else math.nan, len(rv))
                 else:
-                    verd, diff, se = ("reference" if adj == "checkpoint" else "n/a"), math.nan, math.nan
+                    verd, diff, se = ("reference" if adj == "checkpoint" else "no reference"), math.nan, math.nan
                 rows.append({
                     "budget": budget, "experiment": exp, "metric": label, "adjoint": adj,
                     "n_seeds": int(h["seed"].nunique()), "val_mean": vm, "val_std": vs,
