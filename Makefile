@@ -14,7 +14,7 @@ DASH_STAMP := $(VENV)/.dashboard-stamp
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 
 .DEFAULT_GOAL := help
-.PHONY: help install lint test test-ddp gpu-check gpu-check-prepare demo reproduce-mnist reproduce-cnf reproduce-latent-ode reproduce-poisson reproduce-gradients reproduce tables figures publish bench bench-quick sync dashboard
+.PHONY: help install lint test test-fast test-ddp gpu-check gpu-check-prepare demo reproduce-mnist reproduce-cnf reproduce-latent-ode reproduce-poisson reproduce-gradients reproduce tables figures publish bench bench-quick sync dashboard
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sed 's|$$(VENV)|$(VENV)|g; s|$$(JOBS)|$(JOBS)|g' \
@@ -40,8 +40,11 @@ lint: $(STAMP) ## ruff (pyflakes, bugbear, import order) over the repository, my
 	$(PY) -m ruff check .
 	$(PY) -m mypy $(MYPY_MODULES)
 
-test: $(BENCH_STAMP) $(DASH_STAMP) ## run the test suite (what CI runs; installs the bench and dashboard extras too, for their tests)
+test: $(BENCH_STAMP) $(DASH_STAMP) ## run the whole test suite (what CI runs; installs the bench and dashboard extras too, for their tests)
 	WANDB_MODE=disabled $(PY) -m pytest -q
+
+test-fast: $(BENCH_STAMP) $(DASH_STAMP) ## the quick loop while working: every test but the slow and data-parallel ones (under 90 s on 2 cores)
+	WANDB_MODE=disabled $(PY) -m pytest -q -m "not slow and not ddp"
 
 test-ddp: $(STAMP) ## only the data-parallel tests (torchrun with 2-3 CPU workers, or 2-process gloo jobs; part of make test too)
 	WANDB_MODE=disabled $(PY) -m pytest -q -m ddp

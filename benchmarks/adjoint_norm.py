@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+import ndode
 from ndode.data.mnist import mnist_datasets
 from ndode.models.mnist import build_mnist_model
 from ndode.models.odeblock import ode_blocks
@@ -51,7 +52,7 @@ def main(argv=None):
                 xb, yb = (x, y) if b == 0 else next(it)
                 grads, nfe_b = {}, {}
                 for norm in ("seminorm", "full"):
-                    block.adjoint_options = {"norm": norm}
+                    block.adjoint = ndode.BacksolveAdjoint(options={"norm": norm})
                     model.zero_grad()
                     lossf(model(xb), yb).backward()
                     grads[norm] = torch.cat([p.grad.reshape(-1) for p in block.func.parameters()])
@@ -63,7 +64,7 @@ def main(argv=None):
                 print(rows[-1], flush=True)
         if step == args.steps:
             break
-        block.adjoint_options = {"norm": "seminorm"}
+        block.adjoint = ndode.BacksolveAdjoint(options={"norm": "seminorm"})
         opt.zero_grad()
         lossf(model(x), y).backward()
         opt.step()

@@ -118,7 +118,7 @@ def run_odenet(sizes: dict) -> pd.DataFrame:
     for method in METHODS:
         m = copy.deepcopy(base).train()
         block = next(ode_blocks(m))
-        block.adjoint = None if method == "direct" else method
+        block.adjoint = None if method == "direct" else ndode.ADJOINTS[method]()
         models[method] = m
         params = list(m.parameters())
         saved = saved_tensor_bytes(lambda: loss_fn(m(x), y), ignore=params)

@@ -38,7 +38,7 @@ T1 = 10.0
 def _model(width):
     torch.manual_seed(0)
     return CNF(HyperPlanarDynamics(2, width, 32), t1=T1, base_var=0.1,
-               solver=dict(method="dopri5", rtol=TOL, atol=TOL, adjoint=True))
+               solver=dict(method="dopri5", rtol=TOL, atol=TOL, adjoint=ndode.BacksolveAdjoint()))
 
 
 def _variants(peers):

@@ -35,6 +35,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+import ndode
 from ndode.harness import ddp
 from ndode.models.mnist import build_mnist_model
 from ndode.models.odeblock import ode_blocks
@@ -58,7 +59,7 @@ def _worker(rank: int, world: int, steps: int, batch: int, init_file: str, queue
     runs = {}
     for mode in ("synced", "own"):  # the same initial weights; the two train side by side, a step of each in turn
         torch.manual_seed(0)
-        model = build_mnist_model("odenet", dim=64, rtol=1e-3, atol=1e-3, method="dopri5", adjoint=True)
+        model = build_mnist_model("odenet", dim=64, rtol=1e-3, atol=1e-3, method="dopri5", adjoint=ndode.BacksolveAdjoint())
         block = next(ode_blocks(model))
         block.norm_reduce = counted if mode == "synced" else None
         runs[mode] = dict(model=model, net=torch.nn.parallel.DistributedDataParallel(model),

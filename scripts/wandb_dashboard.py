@@ -37,9 +37,9 @@ def logger_defaults(path: Path = REPO / "configs" / "logger" / "wandb.yaml") -> 
 
 
 def _have_api_key() -> bool:
-    """ndode/harness/wandb_auth.py's check, loaded by path: importing the ndode package costs an
+    """ndode/wandb_auth.py's check, loaded by path: importing the ndode package costs an
     `import torch` (seconds on a busy machine), and without a key this script must stop at once."""
-    spec = importlib.util.spec_from_file_location("_ndode_wandb_auth", REPO / "ndode" / "harness" / "wandb_auth.py")
+    spec = importlib.util.spec_from_file_location("_ndode_wandb_auth", REPO / "ndode" / "wandb_auth.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod.have_api_key()
@@ -85,11 +85,13 @@ def main(argv=None) -> int:
             print(f"wandb_dashboard: cannot reach {base} ({why}); nothing was published.", file=sys.stderr)
             return 2
 
+    from ndode.harness import load_runs
     from ndode.report.dashboard import build_report, build_workspace, collect_runs, format_outline, outline
     from ndode.report.registry import REGISTRY
 
+    runs = load_runs(args.runs) if Path(args.runs).is_dir() else None
     try:
-        plan = outline(REGISTRY, collect_runs(args.runs, args.results), args.budget, args.experiment)
+        plan = outline(REGISTRY, collect_runs(runs, args.results), args.budget, args.experiment)
     except KeyError as e:
         print(f"wandb_dashboard: {e.args[0]}", file=sys.stderr)
         return 2

@@ -61,9 +61,11 @@ def batch(ranks) -> torch.Tensor:
 
 
 def odenet(adjoint: str) -> nn.Module:
-    """A tensor-state ODE-Net: a linear stem, an ``ODEBlock``, a linear head (the same weights on every call)."""
+    """A tensor-state ODE-Net: a linear stem, an ``ODEBlock``, a linear head (the same weights on every call);
+    ``adjoint``: a name of :data:`ADJOINTS`."""
     torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(4, 8), ODEBlock(Field(8), rtol=TOL, atol=TOL, adjoint=adjoint),
+    method = None if adjoint == "none" else ndode.ADJOINTS[adjoint]()
+    return nn.Sequential(nn.Linear(4, 8), ODEBlock(Field(8), rtol=TOL, atol=TOL, adjoint=method),
                          nn.Linear(8, 3)).double()
 
 

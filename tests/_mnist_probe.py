@@ -23,11 +23,11 @@ from pathlib import Path
 
 import hydra
 import torch
-from _experiments import REPO, load_experiment
 
+from ndode.experiments import mnist
 from ndode.harness import run_experiment
 
-mnist = load_experiment("mnist")
+REPO = Path(__file__).resolve().parents[1]
 
 
 class ProbedTask(mnist.MNISTTask):

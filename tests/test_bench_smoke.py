@@ -14,6 +14,7 @@ pytest.importorskip("pandas")
 pytest.importorskip("matplotlib")
 
 
+@pytest.mark.slow
 def test_bench_tiny_writes_everything(tmp_path):
     import torch
 

@@ -14,24 +14,19 @@ import pandas as pd
 import pytest
 
 pytest.importorskip("hydra")
-from _experiments import compose_config, load_experiment, load_script  # noqa: E402
+from _support import compose_config, load_script  # noqa: E402
 
+from ndode.experiments import cnf  # noqa: E402
 from ndode.harness import ConfigError, load_runs, read_jsonl, run_experiment  # noqa: E402
 from ndode.report import cnf as C  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-cnf = load_experiment("cnf")
 
 
 def compose_cnf(*overrides):
     return compose_config("cnf", "budget=smoke", "quiet=true", "logger.wandb=false", *overrides)
-
-
-@pytest.fixture(autouse=True)
-def _no_wandb(monkeypatch):
-    monkeypatch.setenv("WANDB_MODE", "disabled")
 
 
 def _evals(run_dir, metric):
@@ -80,6 +75,7 @@ def _env():
     return env
 
 
+@pytest.mark.slow
 def test_smoke_run_of_the_command_line_entry_point(tmp_path):
     p = subprocess.run([sys.executable, "experiments/cnf.py", "budget=smoke", "data=U2c", "flow=planar", "size=2",
                         f"run_root={tmp_path}", "logger.wandb=false", "quiet=true"], cwd=REPO, env=_env(),
@@ -299,6 +295,7 @@ def test_a_run_reports_the_true_kl_its_validation_and_the_decay(tmp_path):
     assert lrs[:4] == [pytest.approx(1e-3)] * 4 and lrs[4:] == [pytest.approx(1e-4)] * 4  # x0.1 from iteration 4
 
 
+@pytest.mark.slow
 def test_optimizer_and_lr_are_top_level_options_in_the_run_name(tmp_path):
     p = subprocess.run([sys.executable, "experiments/cnf.py", "budget=smoke", "data=U1", "flow=planar", "size=2",
                         "optim=adam", "lr=0.003", f"run_root={tmp_path}", "logger.wandb=false", "quiet=true"],

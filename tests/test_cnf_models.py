@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+import ndode
 from ndode.data.toy2d import DATASETS, RAW_ENERGIES, TARGETS, check_name, energy, make_circles, make_moons, sample_data
 from ndode.models.cnf import CNF, ConcatMLPDynamics, HyperPlanarDynamics, exact_trace, hutchinson_trace
 from ndode.models.planar import PlanarFlow, PlanarLayer, constrain_u, planar_forward
@@ -74,7 +75,7 @@ def test_hutchinson_estimate_is_unbiased(probe):
 
 def _few_steps_cnf(steps=5, seed=0):
     torch.manual_seed(seed)
-    m = CNF(HyperPlanarDynamics(2, 8, hidden=16), t1=1.0, base_var=0.1, solver=dict(SOLVER, adjoint=True)).double()
+    m = CNF(HyperPlanarDynamics(2, 8, hidden=16), t1=1.0, base_var=0.1, solver=dict(SOLVER, adjoint=ndode.BacksolveAdjoint())).double()
     opt = torch.optim.Adam(m.parameters(), lr=1e-2)
     rng = np.random.default_rng(seed)
     for _ in range(steps):

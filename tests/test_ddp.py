@@ -25,9 +25,10 @@ import torch
 
 pytest.importorskip("hydra")
 import _ddp_solves  # noqa: E402
+from _support import compose_demo, compose_mnist  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
-from test_mnist_experiment import compose_mnist, data_root, mnist  # noqa: E402,F401 - the fixture is shared
 
+from ndode.experiments import mnist, ode_demo  # noqa: E402
 from ndode.harness import ConfigError, RunContext, ddp, run_experiment  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -341,8 +342,6 @@ def world_of_two(monkeypatch):
 
 def test_single_process_experiment_refuses_torchrun(world_of_two, tmp_path):
     """An experiment whose task does not support DDP (ode_demo here; CNF and latent ODE alike) says so at once."""
-    from test_harness import compose_demo, ode_demo
-
     cfg = compose_demo("budget=smoke", "quiet=true", f"run_root={tmp_path}")
     with pytest.raises(ConfigError, match=r"experiment ode_demo runs single-process .* WORLD_SIZE=2; run it with "
                                           r"python, not torchrun"):

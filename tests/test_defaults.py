@@ -13,29 +13,22 @@ import pytest
 import torch
 
 pytest.importorskip("hydra")
-from _experiments import load_experiment  # noqa: E402
+from _support import CONFIGS, compose_config  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 from omegaconf import open_dict  # noqa: E402
-from test_harness import CONFIGS, ode_demo  # noqa: E402
 
+from ndode.experiments import ode_demo  # noqa: E402
 from ndode.harness import resolve_device, run_experiment  # noqa: E402
 from ndode.harness.config import auto_budget  # noqa: E402
 from ndode.harness.plan import expand_sweep, print_plan  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-mnist = load_experiment("mnist")
 SHORT = ["budget.steps=5", "budget.refine_steps=1"]
-
-
-@pytest.fixture(autouse=True)
-def _no_wandb(monkeypatch):
-    monkeypatch.setenv("WANDB_MODE", "disabled")
 
 
 def hydra_compose(name: str, *overrides: str):
     """The config with its ``hydra`` node (run directory, launcher), as a job of the command line gets it."""
-    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        return compose(name, overrides=list(overrides), return_hydra_config=True)
+    return compose_config(name, *overrides, hydra=True)
 
 
 def _no_cuda():

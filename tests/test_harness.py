@@ -7,7 +7,6 @@ smoke budget; the command-line paths (CLI, SIGKILL + resume, sweeps) are in
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 from pathlib import Path
@@ -16,48 +15,26 @@ import pytest
 import yaml
 
 pytest.importorskip("hydra")
-from _experiments import load_experiment  # noqa: E402
-from hydra import compose, initialize_config_dir  # noqa: E402
+from _support import CONFIGS, assert_complete, compose_demo, load_script, smoke  # noqa: E402
 from hydra.errors import ConfigCompositionException  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
 import ndode  # noqa: E402
+from ndode import wandb_mirror  # noqa: E402
+from ndode.experiments import ode_demo  # noqa: E402
 from ndode.harness import (  # noqa: E402
     ConfigError,
     RunRecord,
     RunRecordError,
     load_runs,
     run_experiment,
-    wandb_mirror,  # noqa: E402
 )
 from ndode.harness.config import NAME_EXCLUDED_KEYS, run_name, solver_kwargs  # noqa: E402
 from ndode.harness.record import atomic_write_text, read_jsonl  # noqa: E402
 from ndode.report.tables import TABLES, markdown_table, runs_table, seed_table  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
-CONFIGS = REPO / "configs"
 DATA = Path(__file__).resolve().parent / "data"
 
-
-ode_demo = load_experiment("ode_demo")
-
-
-def compose_demo(*overrides: str):
-    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        return compose("ode_demo", overrides=list(overrides))
-
-
-def smoke(tmp_path, *overrides):
-    """A smoke-budget config and the run directory Hydra would give it."""
-    cfg = compose_demo("budget=smoke", "quiet=true", f"run_root={tmp_path}", *overrides)
-    named = [o for o in overrides if o.split("=")[0] not in NAME_EXCLUDED_KEYS]
-    run_dir = tmp_path / "ode_demo" / run_name(",".join(sorted(named)), cfg.budget.name, cfg.seed)
-    return cfg, run_dir
-
-
-@pytest.fixture(autouse=True)
-def _no_wandb(monkeypatch):
-    monkeypatch.setenv("WANDB_MODE", "disabled")
 
 
 # ------------------------------------------------------------------ configs
@@ -128,20 +105,10 @@ def test_run_name():
 # ------------------------------------------------------------------ run records
 
 
-def _assert_complete(run_dir: Path):
-    for name in ("config.yaml", "meta.json", "metrics.jsonl", "summary.json", "checkpoint.pt", "done"):
-        assert (run_dir / name).is_file(), name
-    meta = json.loads((run_dir / "meta.json").read_text())
-    assert {"git", "packages", "host", "started", "finished", "attempts"} <= set(meta)
-    assert meta["packages"]["torch"] and meta["finished"]
-    assert not list(run_dir.glob(".*tmp*")), "temporary files left behind"
-    return meta
-
-
 def test_compose_smoke_run_writes_a_complete_record(tmp_path):
     cfg, run_dir = smoke(tmp_path)
     summary = run_experiment(cfg, ode_demo.ODEDemoTask, run_dir=run_dir)
-    meta = _assert_complete(run_dir)
+    meta = assert_complete(run_dir)
     assert len(meta["attempts"]) == 1 and meta["attempts"][0]["resumed_from_step"] is None
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert config["budget"]["name"] == "smoke" and config["seed"] == 0 and config["solver"]["method"] == "dopri5"
@@ -253,7 +220,7 @@ def test_wandb_failure_never_fails_the_run(tmp_path, monkeypatch, caplog):
     cfg, run_dir = smoke(tmp_path, "budget.steps=6", "budget.refine_steps=1")
     with caplog.at_level(logging.WARNING, logger="ndode.harness"):
         run_experiment(cfg, ode_demo.ODEDemoTask, run_dir=run_dir)
-    _assert_complete(run_dir)
+    assert_complete(run_dir)
     warned = [r for r in caplog.records if "W&B" in r.message]
     assert len(warned) == 1 and "no network" in warned[0].message
 
@@ -265,7 +232,7 @@ def test_wandb_offline_run_files(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_SILENT", "true")
     cfg, run_dir = smoke(tmp_path, "budget.steps=6", "budget.refine_steps=1")
     summary = run_experiment(cfg, ode_demo.ODEDemoTask, run_dir=run_dir)
-    _assert_complete(run_dir)
+    assert_complete(run_dir)
     offline = list((run_dir / "wandb").glob("offline-run-*"))
     assert len(offline) == 1, list((run_dir / "wandb").iterdir())
     assert list(offline[0].glob("run-*.wandb")), list(offline[0].iterdir())
@@ -310,9 +277,7 @@ def test_collector_refuses_summary_key_that_shadows_config(tmp_path):
 
 
 def test_sync_finds_unsynced_offline_runs(tmp_path):
-    spec = importlib.util.spec_from_file_location("_wandb_sync", REPO / "scripts" / "wandb_sync.py")
-    sync = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(sync)
+    sync = load_script("wandb_sync")
     a = tmp_path / "ode_demo" / "r1" / "wandb" / "offline-run-1-abc"
     b = tmp_path / "ode_demo" / "r2" / "wandb" / "offline-run-2-def"
     for d in (a, b):

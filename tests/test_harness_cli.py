@@ -17,8 +17,9 @@ import pytest
 
 pytest.importorskip("hydra")
 
-from test_harness import _assert_complete, compose_demo, ode_demo  # noqa: E402
+from _support import assert_complete, compose_demo  # noqa: E402
 
+from ndode.experiments import ode_demo  # noqa: E402
 from ndode.harness.config import run_name  # noqa: E402
 from ndode.harness.record import read_jsonl  # noqa: E402
 
@@ -46,7 +47,7 @@ def test_cli_smoke_run_then_sweep_skips_it(tmp_path):
     args = ["solver.method=rk4", "budget=smoke", "seed=3", f"run_root={tmp_path}"]
     _, out = cli(*args)
     run_dir = tmp_path / "ode_demo" / "budget=smoke,solver.method=rk4,seed=3"
-    _assert_complete(run_dir)
+    assert_complete(run_dir)
     assert "iter 30/30" in out and "ETA" in out and "nfe_forward" in out  # console progress
     # Hydra writes nothing into a run directory (configs/harness.yaml); meta.json has the overrides, and the job's
     # log file is opened by the harness once it holds the run's lock
@@ -92,7 +93,7 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
     assert not (run_dir / "done").exists() and not (run_dir / "summary.json").exists()
     _, out = cli(*over, f"run_root={killed_root}")
     assert "resume:" in out
-    meta = _assert_complete(run_dir)
+    meta = assert_complete(run_dir)
     resumed_from = meta["attempts"][-1]["resumed_from_step"]
     assert len(meta["attempts"]) == 2 and 0 < resumed_from < 100
 
@@ -117,7 +118,7 @@ def test_joblib_sweep(tmp_path):
                  "hydra/launcher=joblib", "hydra.launcher.n_jobs=2")
     assert "Joblib" in out
     dirs = [tmp_path / "ode_demo" / f"budget=smoke,budget.steps=10,seed={s}" for s in (0, 1)]
-    metas = [_assert_complete(d) for d in dirs]
+    metas = [assert_complete(d) for d in dirs]
     assert metas[0]["attempts"][0]["pid"] != metas[1]["attempts"][0]["pid"]  # separate worker processes
 
 
@@ -125,5 +126,5 @@ def test_submitit_local_sweep(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     _, out = cli("-m", "seed=0", "budget=smoke", "budget.steps=10", f"run_root={tmp_path}",
                  "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=5", timeout=300)
-    _assert_complete(tmp_path / "ode_demo" / "budget=smoke,budget.steps=10,seed=0")
+    assert_complete(tmp_path / "ode_demo" / "budget=smoke,budget.steps=10,seed=0")
     assert list((tmp_path / "ode_demo" / ".submitit").glob("*/*_result.pkl"))  # the job ran under submitit

@@ -105,3 +105,41 @@ def test_only_the_registry_knows_scipy_solver():
         names = {n.id for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.Name)}
         names |= {n.attr for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.Attribute)}
         assert not names & {"SCIPY_METHOD", "ScipyIntegrator", "ScipyMethod"}, path
+
+
+# the layers above the solver: ndode.io (files) and ndode.wandb_mirror (W&B) at the bottom, then data, the harness
+# and the report side by side; scripts/ and experiments/ combine them
+BOTTOM = {"ndode.io": set(), "ndode.wandb_auth": set(), "ndode.wandb_mirror": {"ndode.wandb_auth"}}
+
+
+SIDE_BY_SIDE = ("ndode.data", "ndode.harness", "ndode.report")  # none of the three imports another
+
+
+def layer_violations(graph: dict) -> list[str]:
+    """Edges of ``graph`` that break the layering above: bottom modules importing more of ndode, or one of
+    data, harness and report importing another."""
+    out = [f"{name} imports {sorted(graph[name] - allowed)}" for name, allowed in BOTTOM.items()
+           if name in graph and not graph[name] <= allowed]
+
+    def layer(m: str) -> str | None:
+        return next((x for x in SIDE_BY_SIDE if m == x or m.startswith(x + ".")), None)
+
+    for name, edges in graph.items():
+        here = layer(name)
+        out += [f"{name} imports {e}" for e in sorted(edges) if here and layer(e) not in (None, here)]
+    return out
+
+
+def test_io_and_wandb_mirror_at_the_bottom_data_harness_report_side_by_side():
+    assert layer_violations(import_graph()) == []
+
+
+def test_the_layer_check_sees_a_lazy_harness_import():
+    graph = import_graph()
+    # lazy imports count (ndode.report.dashboard imports the mirror inside publish_summary)
+    assert "ndode.wandb_mirror" in graph["ndode.report.dashboard"]
+    assert "ndode.io" in graph["ndode.report.figures"] and "ndode.io" in graph["ndode.data._provision"]
+    bad = {**graph, "ndode.report.figures": graph["ndode.report.figures"] | {"ndode.harness.record"},
+           "ndode.io": {"ndode.harness"}}
+    assert layer_violations(bad) == ["ndode.io imports ['ndode.harness']",
+                                     "ndode.report.figures imports ndode.harness.record"]

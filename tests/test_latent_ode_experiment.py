@@ -12,26 +12,21 @@ import torch
 import yaml
 
 pytest.importorskip("hydra")
-from _experiments import compose_config, load_experiment, load_script  # noqa: E402
+from _support import compose_config, load_script  # noqa: E402
 from hydra.errors import ConfigCompositionException  # noqa: E402
 
 from ndode.data.spirals import READINGS as READING_DEFINITIONS  # noqa: E402
+from ndode.experiments import latent_ode as latent  # noqa: E402
 from ndode.harness import ConfigError, load_runs, run_experiment  # noqa: E402
 from ndode.report.latent_ode import figure8_runs, plot_fig8, plot_fig9, table2, table2_markdown, verdicts  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-latent = load_experiment("latent_ode")
 
 
 def compose_latent(*overrides):
     return compose_config("latent_ode", *overrides)
-
-
-@pytest.fixture(autouse=True)
-def _no_wandb(monkeypatch):
-    monkeypatch.setenv("WANDB_MODE", "disabled")
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +45,7 @@ def smoke_runs(tmp_path_factory):
 
 
 @pytest.mark.parametrize("model", ["latent_ode", "rnn", "rnn_ss", "rnn_dt"])
+@pytest.mark.slow
 def test_smoke_run_learns_and_reports(model, smoke_runs):
     _, runs = smoke_runs
     s, run_dir = runs[(model, 30, 0)]
@@ -79,6 +75,7 @@ def test_smoke_run_learns_and_reports(model, smoke_runs):
         assert 2.8 * grid_dt < s["rollout_dt"] < 3.8 * grid_dt and "test_rmse_window_noisy_paper_tol" not in s
 
 
+@pytest.mark.slow
 def test_table2_and_figures_from_run_records(smoke_runs, tmp_path):
     root, _ = smoke_runs
     df = load_runs(root)
@@ -116,10 +113,9 @@ def test_table2_and_figures_from_run_records(smoke_runs, tmp_path):
     assert {p.name for p in out.iterdir()} == {"latent_fig8.png", "latent_fig9.png", "latent_learning_curves.png"}
 
 
+@pytest.mark.slow
 def test_figures_8_and_9_name_their_budget(smoke_runs, tmp_path, monkeypatch):
     """A smoke figure must not look like a real one: its title says budget=smoke."""
-    from _experiments import load_script
-
     make_figures, titles = load_script("make_figures"), {}
 
     def save(fig, path):
@@ -159,6 +155,7 @@ def test_unknown_model_name_is_refused(override, match):
     assert match in text and "gru" in text
 
 
+@pytest.mark.slow
 def test_non_finite_elbo_stops_naming_iteration_and_nfe_and_keeps_the_checkpoint(tmp_path):
     class Poisoned(latent.LatentODETask):
         def train_step(self, step):

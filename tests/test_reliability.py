@@ -23,11 +23,11 @@ import pytest
 import torch
 
 pytest.importorskip("hydra")
-from _experiments import load_experiment  # noqa: E402
+from _support import CONFIGS, compose_demo, compose_mnist, smoke  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 from hydra.errors import ConfigCompositionException  # noqa: E402
-from test_harness import CONFIGS, compose_demo, ode_demo, smoke  # noqa: E402
 
+from ndode.experiments import cnf, latent_ode, latent_poisson, mnist, ode_demo  # noqa: E402
 from ndode.harness import ConfigError, RunRecord, load_runs, run_experiment  # noqa: E402
 from ndode.harness.config import Range, run_name, validate  # noqa: E402
 from ndode.harness.loop import CheckpointError, NonFiniteError, RunInterrupted  # noqa: E402
@@ -38,11 +38,6 @@ SCRIPT = REPO / "experiments" / "ode_demo.py"
 # a short run with checkpoints every 10 units, a log record every 5 and two evaluations
 RUN = ["budget=smoke", "budget.steps=40", "budget.refine_steps=1", "budget.checkpoint_every=10",
        "budget.eval_every=20", "budget.log_every=5"]
-
-
-@pytest.fixture(autouse=True)
-def _no_wandb(monkeypatch):
-    monkeypatch.setenv("WANDB_MODE", "disabled")
 
 
 def _files(root: Path) -> list[Path]:
@@ -88,12 +83,6 @@ def _run_dir(tmp_path, *extra) -> Path:
 
 # ------------------------------------------------------------------ bad values: one mechanism, messages, nothing left
 
-mnist = load_experiment("mnist")
-
-
-def compose_mnist(*overrides):
-    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        return compose("mnist", overrides=list(overrides))
 
 
 BAD_DEMO = [  # (override, words the message must hold)
@@ -188,8 +177,8 @@ def test_every_numeric_option_has_a_range(schema):
     import typing
 
     cls = {"ode_demo": ode_demo.ODEDemoConfig, "mnist": mnist.MNISTConfig,
-           "cnf": load_experiment("cnf").CNFConfig, "latent_ode": load_experiment("latent_ode").LatentODEConfig,
-           "latent_poisson": load_experiment("latent_ode").LatentPoissonConfig}[schema]
+           "cnf": cnf.CNFConfig, "latent_ode": latent_ode.LatentODEConfig,
+           "latent_poisson": latent_poisson.LatentPoissonConfig}[schema]
     missing = []
 
     def walk(c, path):
@@ -248,6 +237,7 @@ def test_task_error_after_start_is_recorded_not_removed(tmp_path):
     assert meta["attempts"][-1]["failed_at_step"] == 13
 
 
+@pytest.mark.slow
 def test_cli_bad_value_exits_with_message_and_leaves_nothing(tmp_path):
     p = subprocess.run([sys.executable, str(SCRIPT), "model.hidden=0", "budget=smoke", f"run_root={tmp_path}"],
                        cwd=REPO, env=_env(), capture_output=True, text=True, timeout=240)
@@ -385,6 +375,7 @@ class _CtrlC(_Signalled):
 
 
 @pytest.mark.parametrize("task", [_Signalled, _CtrlC], ids=["SIGTERM", "SIGINT"])
+@pytest.mark.slow
 def test_signal_in_process_finishes_the_unit_and_resumes_exactly(tmp_path, clean, task):
     before = signal.getsignal(task.SIG)
     with pytest.raises(RunInterrupted) as err:
@@ -403,6 +394,7 @@ class _SlurmWarning(_Signalled):
     SIG = signal.SIGUSR2
 
 
+@pytest.mark.slow
 def test_sigusr2_checkpoints_then_hands_over_to_the_launchers_handler(tmp_path, clean):
     """SLURM's --signal=USR2 ahead of a time limit or preemption: checkpoint first, then submitit's requeue."""
     calls = []
@@ -428,6 +420,7 @@ def test_sigusr2_checkpoints_then_hands_over_to_the_launchers_handler(tmp_path, 
 # ------------------------------------------------------------------ corrupt checkpoints
 
 
+@pytest.mark.slow
 def test_truncated_checkpoint_falls_back_to_the_previous_one(tmp_path, clean, caplog):
     with pytest.raises(RunInterrupted):
         _run(tmp_path, _Signalled)
@@ -495,6 +488,7 @@ def test_nan_loss_stops_the_run_and_keeps_the_checkpoint(tmp_path):
     assert load_runs(tmp_path).empty
 
 
+@pytest.mark.slow
 def test_nonfinite_skips_undoes_the_unit(tmp_path):
     """The failed run, rerun with nonfinite_skips=2: it resumes from its last good checkpoint and skips the unit."""
     with pytest.raises(NonFiniteError):
@@ -519,6 +513,7 @@ def test_nonfinite_goal_metric_stops_the_run(tmp_path):
     assert _meta(_run_dir(tmp_path))["status"] == "failed"
 
 
+@pytest.mark.slow
 def test_tables_leave_failed_runs_out_and_say_so(tmp_path, capsys):
     sys.path.insert(0, str(REPO / "scripts"))
     try:
@@ -557,6 +552,7 @@ def test_enospc_during_record_write_keeps_previous_files(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml", "summary.json"]  # no temporary files
 
 
+@pytest.mark.slow
 def test_enospc_while_checkpointing_stops_the_run_and_keeps_the_last_checkpoint(tmp_path, monkeypatch, clean):
     real_save, calls = torch.save, []
 
@@ -650,6 +646,7 @@ def _interrupted(tmp_path, *extra) -> Path:
     return _run_dir(tmp_path, *extra)
 
 
+@pytest.mark.slow
 def test_checkpoint_of_another_seed_is_refused(tmp_path):
     """The issue's case: seed 1's checkpoint copied into seed 0's directory is not resumed from."""
     from ndode.harness import RunRecordError
@@ -665,6 +662,7 @@ def test_checkpoint_of_another_seed_is_refused(tmp_path):
     assert _snapshot(mine) == before  # nothing rewritten, truncated or renamed
 
 
+@pytest.mark.slow
 def test_checkpoint_ahead_of_the_metrics_is_refused(tmp_path):
     """A checkpoint of the same config but of another run directory, further on than this one's metrics."""
     from ndode.harness import RunRecordError
@@ -678,6 +676,7 @@ def test_checkpoint_ahead_of_the_metrics_is_refused(tmp_path):
     assert _snapshot(mine) == before
 
 
+@pytest.mark.slow
 def test_checkpoint_from_before_the_identity_check_still_resumes(tmp_path, clean):
     """Checkpoints written before they carried their run's identity resume as before (config.yaml was compared),
     unless they are further on than one logging interval past the metrics."""
@@ -697,6 +696,7 @@ def test_checkpoint_from_before_the_identity_check_still_resumes(tmp_path, clean
     assert _strip(summary) == clean[0] and _metrics(run_dir) == clean[1]
 
 
+@pytest.mark.slow
 def test_meta_of_another_run_is_refused(tmp_path):
     from ndode.harness import RunRecordError
 
@@ -725,6 +725,7 @@ def test_corrupt_record_is_refused_before_anything_changes(tmp_path, name, text)
     assert _snapshot(run_dir) == before
 
 
+@pytest.mark.slow
 def test_corrupt_metrics_line_is_reported_not_dropped_silently(tmp_path, caplog, clean):
     run_dir = _interrupted(tmp_path)
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
@@ -741,6 +742,7 @@ def test_corrupt_metrics_line_is_reported_not_dropped_silently(tmp_path, caplog,
 
 
 @pytest.mark.parametrize("where", ["file", "under_a_file", "proc", "read_only"])
+@pytest.mark.slow
 def test_bad_run_root_is_an_error_line(tmp_path, where):
     if where == "read_only" and os.geteuid() == 0:
         pytest.skip("root writes into read-only directories")
@@ -760,12 +762,12 @@ def test_bad_run_root_is_an_error_line(tmp_path, where):
 _SIGNAL_SCRIPT = '''
 import os, signal, sys
 import hydra
-sys.path.insert(0, {tests!r})
-from _experiments import load_experiment
 from ndode.harness import run_experiment
 from ndode.harness.record import RunRecord
 
-ode_demo, PHASE = load_experiment("ode_demo"), os.environ["SIGNAL_IN"]
+from ndode.experiments import ode_demo
+
+PHASE = os.environ["SIGNAL_IN"]
 
 
 def kill(phase):
@@ -813,7 +815,7 @@ def test_sigterm_outside_the_unit_loop_leaves_the_run_interrupted(tmp_path, clea
     run_dir = _interrupted(tmp_path)  # an earlier attempt: checkpoint at iter 15
     attempts = len(_meta(run_dir)["attempts"])
     script = tmp_path / "signal_demo.py"
-    script.write_text(_SIGNAL_SCRIPT.format(tests=str(REPO / "tests"), configs=str(REPO / "configs")))
+    script.write_text(_SIGNAL_SCRIPT.format(configs=str(REPO / "configs")))
     p = subprocess.run([sys.executable, str(script), *RUN, f"run_root={tmp_path}", "quiet=true"], cwd=REPO,
                        env={**_env(), "SIGNAL_IN": phase}, capture_output=True, text=True, timeout=240)
     out = p.stdout + p.stderr

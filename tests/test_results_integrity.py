@@ -6,6 +6,7 @@ what is under test is the path from records to tables and figures, not training.
 
 from __future__ import annotations
 
+import importlib
 import json
 from pathlib import Path
 
@@ -16,17 +17,17 @@ import yaml
 pytest.importorskip("hydra")
 pytest.importorskip("matplotlib")
 
-from _experiments import compose_config, load_experiment, load_script  # noqa: E402
+from _support import compose_config, load_script  # noqa: E402
 
 from ndode.harness import load_runs  # noqa: E402
 from ndode.harness.config import to_plain  # noqa: E402
-from ndode.report.tables import TABLES, seed_table  # noqa: E402
+from ndode.report.tables import TABLES, mean_std, seed_table  # noqa: E402
 
 
 def record(root: Path, experiment: str, overrides: list[str], summary: dict, seed: int, name: str | None = None,
            finished: str = "2026-12-01T00:00:00+00:00") -> Path:
     """A finished run record as the harness leaves it (config, meta, summary, done)."""
-    load_experiment(experiment)  # registers the schema
+    importlib.import_module(f"ndode.experiments.{experiment}")  # registers the schema
     cfg = compose_config(experiment, *overrides, f"seed={seed}", "device=cpu")
     config = to_plain(cfg)
     d = root / experiment / (name or ",".join([*overrides, f"seed={seed}"]))
@@ -63,6 +64,7 @@ def test_latent_table_never_averages_runs_with_another_learning_rate(tmp_path):
     assert "0.3" in md  # the latent ODE's cell, one configuration, is still there
 
 
+@pytest.mark.slow
 def test_cnf_table_never_averages_runs_with_other_steps(tmp_path):
     """The issue's second example: a Figure 5 CNF run with budget.steps=800 beside the smoke runs."""
     runs, out = tmp_path / "runs", tmp_path / "out"
@@ -82,6 +84,20 @@ def test_cnf_table_never_averages_runs_with_other_steps(tmp_path):
     assert (table["n_seeds"] == 2).all()
     md = (out / "tables" / "cnf_fig5_nll.md").read_text()
     assert "budget.steps" in md and "seeds 0,1" in md and "seeds 2" in md
+
+
+def test_mnist_table_keeps_rknet_and_odenet_apart(tmp_path):
+    """RK-Net is the ODE-Net architecture with solver.adjoint=none: a cell per (model, adjoint), not one mixed cell
+    that drops both rows (as Table 1 did after make reproduce-mnist)."""
+    runs, out = tmp_path / "runs", tmp_path / "out"
+    summary = {"test_error": 0.02, "params": 208266, "saved_bytes": 1e6, "step_time_s": 0.5, "wall_time_s": 1.0}
+    for seed in (0, 1):
+        for model in ("odenet", "rknet", "resnet"):
+            record(runs, "mnist", [f"model={model}", "budget=smoke"], summary, seed)
+    assert load_script("make_tables").main(["--runs", str(runs), "--out", str(out), "--experiment", "mnist"]) == 0
+    table = pd.read_csv(out / "tables" / "mnist_table1.csv")
+    assert set(table["model"]) == {"odenet", "rknet", "resnet"} and (table["n_seeds"] == 2).all()
+    assert "left out" not in (out / "tables" / "mnist_table1.md").read_text().lower()
 
 
 def test_a_seed_counts_once_and_unrelated_options_do_not_split_a_cell():
@@ -176,3 +192,18 @@ def test_a_corrupt_record_is_left_out_with_a_line_naming_it(tmp_path, caplog):
     assert load_script("make_tables").main(["--runs", str(runs), "--out", str(out)]) == 0
     assert f"left out {bad}: {bad / 'meta.json'} cannot be read" in caplog.text
     assert "| 1 |" in (out / "tables" / "ode_demo.md").read_text()  # the other run is tabulated
+
+
+def test_mean_std_is_the_one_statistic_of_every_table():
+    """Mean and sample std (ddof=1) of the numbers given, skipping what is not one; NaN std for one value."""
+    m, s, n = mean_std([1.0, 2.0, None, float("nan"), "x", 4.0])
+    assert (m, n) == (7 / 3, 3) and s == pytest.approx(1.5275252316519468, rel=1e-15)
+    assert mean_std(pd.Series([2, 3]))[:2] == (2.5, pytest.approx(0.7071067811865476))
+    one = mean_std([5.0])
+    assert one[0] == 5.0 and one[1] != one[1] and one[2] == 1
+    empty = mean_std(None)
+    assert empty[0] != empty[0] and empty[1] != empty[1] and empty[2] == 0
+    # the report modules use it: their tables agree with it to the last digit
+    from ndode.report import cnf, latent_ode, mnist, tables
+    for mod in (cnf, latent_ode, mnist, tables):
+        assert mod.mean_std is mean_std

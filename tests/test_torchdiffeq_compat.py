@@ -26,7 +26,8 @@ def _field():
 # ------------------------------------------------------------------- (1) t.requires_grad with plain odeint
 
 
-@pytest.mark.parametrize("method", list(ndode.TABLEAUS))
+@pytest.mark.parametrize("method", [pytest.param(m, marks=pytest.mark.slow) if m == "adaptive_heun" else m  # many steps
+                                    for m in ndode.TABLEAUS])
 def test_time_gradients_by_direct_backprop_pass_gradcheck(method):
     # torchdiffeq differentiates odeint's output times by ordinary backprop. ndode: a fixed grid is
     # differentiated exactly (time rescaled per interval); an adaptive solve gets the exact boundary terms

@@ -28,7 +28,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..harness.record import atomic_write_text
+from ..io import atomic_write_text
 from .mnist_files import RAW_FILES, MNISTPrepareError, raw_dir
 
 __all__ = [

@@ -1,4 +1,5 @@
-"""The experiment harness: config schemas, run records, the W&B mirror, one training loop, the collector.
+"""The experiment harness: config schemas, run records, one training loop (split by concern: docs/harness.md,
+"The harness's parts"), the collector.
 
 An experiment is a :class:`Task` plus a schema; ``experiments/<name>.py`` is::
 
@@ -9,6 +10,8 @@ An experiment is a :class:`Task` plus a schema; ``experiments/<name>.py`` is::
 and every table or figure starts from :func:`load_runs`.
 """
 
+from ..io import atomic_save, atomic_write_text, read_jsonl
+from .checkpointing import CheckpointError
 from .config import (
     BudgetConfig,
     ConfigError,
@@ -24,27 +27,12 @@ from .config import (
     to_plain,
     validate,
 )
-from .loop import (
-    CheckpointError,
-    NonFiniteError,
-    RunContext,
-    RunInterrupted,
-    Task,
-    hydra_run_dir,
-    resolve_device,
-    run_experiment,
-    seed_everything,
-)
-from .record import (
-    RecordWriteError,
-    RunError,
-    RunLockedError,
-    RunRecord,
-    RunRecordError,
-    atomic_save,
-    atomic_write_text,
-    read_jsonl,
-)
+from .hydra_job import hydra_run_dir
+from .loop import resolve_device, run_experiment, seed_everything
+from .metrics import NonFiniteError
+from .record import RecordWriteError, RunError, RunLockedError, RunRecord, RunRecordError
+from .signals import RunInterrupted
+from .task import RunContext, Task
 
 __all__ = [
     "Task", "RunContext", "run_experiment", "load_runs",

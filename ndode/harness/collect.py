@@ -24,7 +24,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from .record import RunRecord, RunRecordError, flatten
+from ..io import flatten
+from .record import RunRecord, RunRecordError
 
 __all__ = ["load_runs", "RUN_COLUMNS", "NON_RESULT_OPTIONS", "result_config", "config_id"]
 

@@ -25,6 +25,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from .. import ADJOINTS
 from ..tableau import TABLEAUS
+from ..wandb_mirror import WANDB_MODES
 
 __all__ = [
     "ConfigError", "SolverMethod", "AdjointMethod", "SolverConfig", "BudgetConfig", "LoggerConfig", "ExperimentConfig",
@@ -125,7 +126,6 @@ AdjointMethod = Enum("AdjointMethod", {name: name for name in ("none", *ADJOINTS
 AdjointMethod.__doc__ = "Gradient methods of a solve: none (direct backpropagation) or an ndode.ADJOINTS name."
 AdjointMethod.__bool__ = lambda self: self.name != "none"  # `if cfg.solver.adjoint:` reads as before (a bool)
 
-WANDB_MODES = ("online", "offline", "disabled")
 BUDGET_UNITS = ("iter", "epoch")
 # Keys that do not change what a run computes: left out of run names and of
 # the config comparison made when a run directory is reused.
@@ -291,8 +291,12 @@ def solver_kwargs(solver) -> dict:
     options: dict = {}
     if not adaptive:
         options["step_size"] = None if solver.step_size is None else float(solver.step_size)
-    elif solver.max_num_steps is not None:
-        options["max_num_steps"] = int(solver.max_num_steps)
+    else:
+        # Every recorded experiment ran with the integral controller (SciPy RK45's), the library default until the
+        # PI controller won on DETEST (docs/solver.md); the experiments keep it, so a rerun reproduces the records.
+        options["controller"] = "integral"
+        if solver.max_num_steps is not None:
+            options["max_num_steps"] = int(solver.max_num_steps)
     return dict(method=name, rtol=float(solver.rtol), atol=float(solver.atol), options=options or None,
                 adjoint=None if adjoint == "none" else ADJOINTS[adjoint]())
 

@@ -21,8 +21,9 @@ import torch.distributed as dist
 
 from ..models.odeblock import ode_blocks
 
-__all__ = ["DistEnv", "env", "device_for", "init", "shutdown", "broadcast", "any_max", "all_sum", "mean_metrics",
-           "norm_reduce", "synced_error_norms", "check_world", "check_group", "shard"]
+__all__ = ["DistEnv", "env", "device_for", "init", "shutdown", "broadcast", "agree", "any_max", "any_signal", "all_sum",
+           "mean_metrics", "norm_reduce", "synced_error_norms", "check_world", "world_problem", "check_group", "shard",
+           "wrap"]
 
 
 class DistEnv:
@@ -106,6 +107,28 @@ def broadcast(denv: DistEnv, obj):
     return box[0]
 
 
+def agree(denv: DistEnv, fn, errors: tuple[type[BaseException], ...] = (), default: type[Exception] = RuntimeError):
+    """``fn()`` on rank 0 alone, its result (or its error) on every rank.
+
+    An error of one of the classes in ``errors`` is raised on the other ranks as
+    that class with rank 0's message; any other as ``default``, naming rank 0's class.
+    """
+    if not denv.active:
+        return fn()
+    if denv.rank == 0:
+        try:
+            out = fn()
+        except BaseException as e:
+            broadcast(denv, ("error", type(e).__name__, str(e)))
+            raise
+        return broadcast(denv, ("ok", out))[1]
+    got = broadcast(denv, None)
+    if got[0] == "ok":
+        return got[1]
+    cls = {c.__name__: c for c in errors}.get(got[1])
+    raise cls(got[2]) if cls is not None else default(f"{got[2]} (rank 0: {got[1]})")
+
+
 def _float_device(device: torch.device) -> torch.device:
     return device if device.type == "cuda" else torch.device("cpu")
 
@@ -117,6 +140,13 @@ def any_max(denv: DistEnv, value: int, device: torch.device) -> int:
     t = torch.tensor([value], dtype=torch.int64, device=_float_device(device))
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return int(t.item())
+
+
+def any_signal(denv: DistEnv, signum: int | None, device: torch.device) -> int | None:
+    """A stop signal seen by any rank (the largest number), the same on every rank; None: none."""
+    if not denv.active:
+        return signum
+    return any_max(denv, signum or 0, device) or None
 
 
 def all_sum(denv: DistEnv, values, device: torch.device) -> list[float]:
@@ -205,6 +235,26 @@ def check_world(world: int, batch_size: int | None, option: str = "budget.batch_
                 f"(WORLD_SIZE={world}); use a process count that divides it ({', '.join(map(str, ok[:12]))}"
                 f"{', ...' if len(ok) > 12 else ''}) or a batch size that is a multiple of {world}")
     return None
+
+
+def wrap(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """``model`` in DistributedDataParallel: its gradients are all-reduced by DDP's hooks (direct backprop and the
+    adjoint's alike)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+
+
+def world_problem(denv: DistEnv, supports_ddp: bool, experiment: str, batch_size: int | None) -> str | None:
+    """Why this run cannot start under ``torchrun`` with more than one process (None: it can): the task must
+    support it and the batch must split."""
+    if not denv.active:
+        return None
+    if not supports_ddp:
+        return (f"experiment {experiment} runs single-process (its task does not support data-parallel training) "
+                f"but was started with WORLD_SIZE={denv.world}; run it with python, not torchrun (a sweep of such "
+                "runs: hydra/launcher=slurm or joblib)")
+    return check_world(denv.world, batch_size)
 
 
 def check_group(denv: DistEnv) -> None:

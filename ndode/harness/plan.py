@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from .record import read_jsonl
+from ..io import read_jsonl
 
 __all__ = ["PlannedRun", "expand_sweep", "plan_runs", "format_plan", "print_plan", "PlanCallback", "LONG_S"]
 

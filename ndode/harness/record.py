@@ -12,35 +12,45 @@
         summary.json    the final metrics
         done            written last: the run is complete
 
-Every file is written atomically (a temporary file in the same directory,
-then ``os.replace``), so a run killed at any instant leaves either the old or
-the new version of each file, never half of one; a failed write (a full disk)
-raises :class:`RecordWriteError` naming the file and leaves its previous
-version in place. ``metrics.jsonl`` is appended line by line; a resumed run
+Every file is written atomically (:mod:`ndode.io`: a temporary file in the
+same directory, then ``os.replace``), so a run killed at any instant leaves
+either the old or the new version of each file, never half of one; a failed
+write (a full disk) raises :class:`RecordWriteError` naming the file and
+leaves its previous version in place. ``metrics.jsonl`` is appended line by line; a resumed run
 first drops the records after its checkpoint and any torn last line (a corrupt
-line before the end is reported, :func:`scan_jsonl`). A corrupt config.yaml,
+line before the end is reported, :func:`ndode.io.scan_jsonl`). A corrupt config.yaml,
 meta.json or summary.json raises :class:`RunRecordError` naming the file.
 """
 
 from __future__ import annotations
 
-import datetime as _dt
 import errno
 import fcntl
 import json
-import math
 import os
 import platform
-import subprocess
 import sys
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Iterable
 
 import yaml
 
-__all__ = ["RunRecord", "RunError", "RunRecordError", "RunLockedError", "RecordWriteError", "atomic_write_text", "atomic_write_bytes", "atomic_save", "read_jsonl", "scan_jsonl",
-           "package_versions", "git_state", "now_iso", "flatten"]
+from ..io import (
+    WriteError,
+    atomic_save,
+    atomic_write_text,
+    dumps,
+    git_state,
+    now_iso,
+    read_jsonl,
+    scan_lines,
+    write_error,
+)
+
+# atomic_save, atomic_write_text, read_jsonl, git_state and now_iso are ndode.io's, named here for the harness's users
+__all__ = ["RunRecord", "RunError", "RunRecordError", "RunLockedError", "RecordWriteError", "package_versions",
+           "atomic_save", "atomic_write_text", "read_jsonl", "git_state", "now_iso"]
 
 CONFIG, META, METRICS, SUMMARY, CHECKPOINT, PREV_CHECKPOINT, DONE, LOCK = (
     "config.yaml", "meta.json", "metrics.jsonl", "summary.json", "checkpoint.pt", "checkpoint.prev.pt", "done", ".lock")
@@ -62,146 +72,9 @@ class RunLockedError(RunRecordError):
     """Another process holds the run directory's lock."""
 
 
-class RecordWriteError(RunError, OSError):
-    """A file of the run record could not be written (disk full, permissions...); its previous version is kept.
-
-    An ``OSError`` too, so code that handles OS errors still catches it.
-    """
-
-
-def _write_error(path: Path, e: BaseException) -> RecordWriteError:
-    why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
-    hint = ""
-    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
-        hint = "; free some space, then run the same command again to resume"
-    return RecordWriteError(f"could not write {path}: {why} ({type(e).__name__}); its previous version is kept{hint}")
-
-
-def now_iso() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).astimezone().isoformat(timespec="seconds")
-
-
-def _tmp_path(path: Path) -> Path:
-    # keep the suffix: some writers (matplotlib, torch) infer a format from it
-    return path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to a temporary file, flush it to disk, rename it over ``path``.
-
-    Any failure (ENOSPC at the write or at the fsync...) leaves ``path`` as it
-    was and raises :class:`RecordWriteError` naming ``path``.
-    """
-    path = Path(path)
-    tmp = _tmp_path(path)
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        raise _write_error(path, e) from e
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_save(path: str | os.PathLike, save, keep_previous: str | os.PathLike | None = None) -> None:
-    """Atomically write a file produced by ``save(tmp_path)`` (``torch.save``, ``savefig``, ``np.savez``...).
-
-    With ``keep_previous``, the file being replaced is first renamed to that
-    path (at every instant one of the two names holds a complete file). A
-    failed save raises :class:`RecordWriteError` naming ``path``; the old file stays.
-    """
-    path = Path(path)
-    tmp = _tmp_path(path)
-    try:
-        save(tmp)
-        _fsync(tmp)
-        if keep_previous is not None and path.exists():
-            os.replace(path, keep_previous)
-        os.replace(tmp, path)
-    except (OSError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError
-        raise _write_error(path, e) from e
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _json_default(x):
-    if hasattr(x, "item"):  # numpy / torch scalars
-        return x.item()
-    if isinstance(x, Path):
-        return str(x)
-    raise TypeError(f"not JSON serialisable: {type(x).__name__}")
-
-
-def _clean(x):
-    """NaN and infinities become None (strict JSON); everything else unchanged."""
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, dict):
-        return {k: _clean(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_clean(v) for v in x]
-    return x
-
-
-def dumps(obj, **kw) -> str:
-    return json.dumps(_clean(obj), default=_json_default, allow_nan=False, **kw)
-
-
-def flatten(d: dict, prefix: str = "") -> dict:
-    """Nested dicts as one level with dotted keys; lists and empty dicts as JSON text (hashable, so
-    tables can group by them and configs compare as values)."""
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict) and v:
-            out.update(flatten(v, key + "."))
-        elif isinstance(v, (list, dict)):
-            out[key] = json.dumps(v)
-        else:
-            out[key] = v
-    return out
-
-
-def scan_jsonl(path: str | os.PathLike) -> tuple[list[tuple[int, str, dict]], list[int]]:
-    """The records of a JSON-lines file as ``(line number, line, record)`` and the numbers of the lines that
-    are not a JSON object, except a torn last line (what a kill mid-append leaves: normal, skipped unreported)."""
-    p = Path(path)
-    return _scan_lines(p.read_text(encoding="utf-8", errors="replace").splitlines() if p.exists() else [])
-
-
-def _scan_lines(lines: list[str]) -> tuple[list[tuple[int, str, dict]], list[int]]:
-    good, bad = [], []
-    for n, line in enumerate(lines, 1):
-        try:
-            rec = json.loads(line)
-            if not isinstance(rec, dict):
-                raise ValueError("not an object")
-        except ValueError:
-            if n < len(lines):
-                bad.append(n)
-            continue
-        good.append((n, line, rec))
-    return good, bad
-
-
-def read_jsonl(path: str | os.PathLike) -> list[dict]:
-    """All complete records of a JSON-lines file (a torn last line and corrupt lines are skipped)."""
-    return [rec for _, _, rec in scan_jsonl(path)[0]]
+RecordWriteError = WriteError
+"""A file of the run record could not be written (disk full, permissions...); its previous version is kept
+(:class:`ndode.io.WriteError`, an ``OSError``; the harness reports it as it does a :class:`RunError`)."""
 
 
 def package_versions(names: Iterable[str] = PACKAGES) -> dict[str, str | None]:
@@ -212,20 +85,6 @@ def package_versions(names: Iterable[str] = PACKAGES) -> dict[str, str | None]:
         except metadata.PackageNotFoundError:
             out[n] = None
     return out
-
-
-def git_state(where: str | os.PathLike | None = None) -> dict[str, Any]:
-    """Commit and dirty flag of the repository holding ``where`` (default: the ndode package)."""
-    where = Path(where) if where else Path(__file__).resolve().parents[2]
-    try:
-        def git(*args):
-            return subprocess.run(["git", "-C", str(where), *args], capture_output=True, text=True, timeout=20,
-                                  check=True).stdout.strip()
-        commit = git("rev-parse", "HEAD")
-        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
-        return {"commit": commit, "dirty": dirty}
-    except (OSError, subprocess.SubprocessError):
-        return {"commit": None, "dirty": None}
 
 
 class RunRecord:
@@ -285,6 +144,11 @@ class RunRecord:
         os.pwrite(fd, f"host {platform.node()} pid {os.getpid()} since {now_iso()}\n".encode(), 0)
         self._lock_fd = fd
 
+    @property
+    def locked(self) -> bool:
+        """This process holds the run directory's lock."""
+        return self._lock_fd is not None
+
     def unlock(self) -> None:
         fd = self._lock_fd
         if fd is not None:
@@ -336,8 +200,15 @@ class RunRecord:
         self.write_json(SUMMARY, summary)
 
     def mark_done(self) -> None:
-        if self.writer:
-            atomic_write_text(self.path(DONE), now_iso() + "\n")
+        """meta.json's end time and ``done`` status, then the ``done`` marker (written last: the run is complete)."""
+        if not self.writer:
+            return
+        meta = self.read_meta()
+        meta["finished"] = now_iso()
+        meta["status"], meta["reason"] = "done", None
+        meta["attempts"][-1].update(finished=meta["finished"], status="done")
+        self.write_meta(meta)
+        atomic_write_text(self.path(DONE), now_iso() + "\n")
 
     def truncate_metrics(self, last_step: int) -> int:
         """Keep only complete records with ``step <= last_step``, less ``analysis`` records (written after the last
@@ -348,7 +219,7 @@ class RunRecord:
         if not p.exists():
             return 0
         lines = p.read_text(encoding="utf-8", errors="replace").splitlines()
-        keep = [line for _, line, rec in _scan_lines(lines)[0]
+        keep = [line for _, line, rec in scan_lines(lines)[0]
                 if rec.get("step", 0) <= last_step and rec.get("kind") != "analysis"]
         atomic_write_text(p, "".join(f"{line}\n" for line in keep))
         return len(lines) - len(keep)
@@ -363,7 +234,7 @@ class RunRecord:
             self._metrics_fh.write(dumps(record) + "\n")
             self._metrics_fh.flush()
         except OSError as e:
-            raise _write_error(self.path(METRICS), e) from e
+            raise write_error(self.path(METRICS), e) from e
 
     def close(self) -> None:
         if self._metrics_fh is not None:

@@ -123,7 +123,8 @@ class CNF(nn.Module):
     """A continuous normalizing flow: ``dynamics`` on ``t ∈ [0, t1]``, base ``N(0, base_var·I)`` at ``t = 0``.
 
     ``solver`` holds the keyword arguments of :func:`ndode.solve` (method, tolerances, ``adjoint``: an
-    ``ndode.BacksolveAdjoint`` or ``True`` for the default one). ``adjoint=False`` in a call solves without it.
+    ``ndode.Adjoint`` such as ``ndode.BacksolveAdjoint()``, or None). ``adjoint=False`` in a call solves without
+    it (an evaluation that nothing differentiates).
     After each solve ``self.last`` holds its :class:`ndode.SolverStats` (NFE forward and, once
     ``backward()`` has run through an adjoint solve, backward).
     """
@@ -135,8 +136,10 @@ class CNF(nn.Module):
         self.dynamics, self.t1, self.base_var = dynamics, float(t1), float(base_var)
         self.dim = dynamics.dim
         self.solver = dict(solver or {"method": "dopri5", "rtol": 1e-5, "atol": 1e-5})
-        if self.solver.get("adjoint") is True:
-            self.solver["adjoint"] = ndode.BacksolveAdjoint()
+        adjoint = self.solver.get("adjoint")
+        if adjoint is not None and not isinstance(adjoint, ndode.Adjoint):
+            raise TypeError(f"solver['adjoint']={adjoint!r}: pass an adjoint method, e.g. ndode.BacksolveAdjoint(), "
+                            "or None for direct backpropagation")
         self.last = None
 
     def forward(self, t, state):
@@ -153,12 +156,9 @@ class CNF(nn.Module):
             return
         self.dynamics.probe = probe
 
-    def _solve(self, state, times, adjoint: bool | None):
-        kw = dict(self.solver)
-        if adjoint is False:
-            kw["adjoint"] = None
-        elif adjoint is True and not isinstance(kw.get("adjoint"), ndode.Adjoint):
-            kw["adjoint"] = ndode.BacksolveAdjoint()
+    def _solve(self, state, times, adjoint: bool):
+        """One solve with ``self.solver``; ``adjoint=False``: without its adjoint."""
+        kw = self.solver if adjoint else {**self.solver, "adjoint": None}
         t = torch.tensor(times, dtype=state[0].dtype, device=state[0].device)
         sol = ndode.solve(self, state, t, **kw)
         self.last = sol.stats
@@ -169,16 +169,16 @@ class CNF(nn.Module):
         z = torch.randn(n, self.dim, generator=generator, dtype=p.dtype) * math.sqrt(self.base_var)
         return z.to(p.device)
 
-    def transform(self, z0: torch.Tensor, adjoint: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def transform(self, z0: torch.Tensor, adjoint: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """Base points to data space, with the model's log-density at the results."""
         lp0 = standard_normal_logpdf(z0, self.base_var)
         zs, lps = self._solve((z0, lp0), [0.0, self.t1], adjoint).ys
         return zs[-1], lps[-1]
 
-    def sample(self, n: int, generator: torch.Generator | None = None, adjoint: bool | None = None):
+    def sample(self, n: int, generator: torch.Generator | None = None, adjoint: bool = True):
         return self.transform(self.base_sample(n, generator), adjoint)
 
-    def log_prob(self, x: torch.Tensor, adjoint: bool | None = None) -> torch.Tensor:
+    def log_prob(self, x: torch.Tensor, adjoint: bool = True) -> torch.Tensor:
         zero = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
         zs, deltas = self._solve((x, zero), [self.t1, 0.0], adjoint).ys
         return standard_normal_logpdf(zs[-1], self.base_var) - deltas[-1]

@@ -23,7 +23,9 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from .odeblock import ODEBlock, ode_blocks
+import ndode
+
+from .odeblock import BACKSOLVE, ODEBlock, ode_blocks
 
 __all__ = [
     "MODELS",
@@ -147,14 +149,15 @@ def odenet(
     rtol: float = 1e-3,
     atol: float = 1e-3,
     options: dict | None = None,
-    adjoint="backsolve",
+    adjoint: ndode.Adjoint | None = BACKSOLVE,
 ) -> nn.Sequential:
     """The stem, one ``ODEBlock`` over [0, 1], the head.
 
-    ``adjoint="backsolve"`` is the paper's ODE-Net (gradients by the adjoint,
-    O(1) memory); ``adjoint="none"`` its RK-Net (gradients backpropagated
-    through the Runge-Kutta solver's steps); ``"checkpoint"`` RK-Net's
-    gradients from the checkpointed adjoint (see ``ODEBlock``). ``options`` go
+    ``adjoint=ndode.BacksolveAdjoint()`` (the default) is the paper's ODE-Net
+    (gradients by the adjoint, O(1) memory); ``adjoint=None`` its RK-Net
+    (gradients backpropagated through the Runge-Kutta solver's steps);
+    ``ndode.CheckpointAdjoint()`` RK-Net's gradients from the checkpointed
+    adjoint (see ``ODEBlock``). ``options`` go
     to the solver unchanged (``step_size`` for fixed-step methods, ``max_num_steps``, ...).
     """
     step_size = (options or {}).get("step_size")
@@ -165,7 +168,7 @@ def odenet(
     return _convnet(_downsampling(downsampling, dim), block, dim)
 
 
-MODELS = {"mlp": mlp, "resnet": resnet, "odenet": odenet, "rknet": functools.partial(odenet, adjoint="none")}
+MODELS = {"mlp": mlp, "resnet": resnet, "odenet": odenet, "rknet": functools.partial(odenet, adjoint=None)}
 
 
 def build_mnist_model(name: str, **cfg) -> nn.Module:

@@ -1,11 +1,11 @@
 """``ODEBlock``: a layer whose output is the solution at ``t1`` of ``dh/dt = f(h, t)`` from ``h(t0) = x``.
 
 The paper's replacement for a stack of residual blocks (Section 3). Gradients
-come from the adjoint (``adjoint="backsolve"``: memory constant in the number
-of solver steps), from backpropagating through the solver's operations
-(``adjoint="none"``, the paper's RK-Net), or from the checkpointed adjoint
-(``adjoint="checkpoint"``: RK-Net's gradients, one saved state per step instead
-of every stage's activations). Each forward keeps the solver's
+come from the adjoint (``adjoint=ndode.BacksolveAdjoint()``, the default: memory
+constant in the number of solver steps), from backpropagating through the
+solver's operations (``adjoint=None``, the paper's RK-Net), or from the
+checkpointed adjoint (``adjoint=ndode.CheckpointAdjoint()``: RK-Net's gradients,
+one saved state per step instead of every stage's activations). Each forward keeps the solver's
 statistics, so a training loop can log NFE-F and NFE-B per batch without
 wrapping ``f``.
 """
@@ -19,7 +19,10 @@ from torch import nn
 
 import ndode
 
-__all__ = ["ODEBlock", "ode_blocks"]
+__all__ = ["ODEBlock", "ode_blocks", "BACKSOLVE"]
+
+# the default: the paper's ODE-Net. An adjoint holds only its settings, so one object serves every block.
+BACKSOLVE = ndode.BacksolveAdjoint()
 
 
 class ODEBlock(nn.Module):
@@ -29,10 +32,10 @@ class ODEBlock(nn.Module):
     (default: the same) apply in ``eval()`` mode, so the test-time tolerance can
     be changed on a trained model (the paper's Figure 3a) with ``set_tolerance``.
     ``options`` go to the solver (``{"step_size": h}`` for fixed-step methods; without it one step per block),
-    ``adjoint`` is ``"none"``, ``"backsolve"`` or ``"checkpoint"`` (``True``/``False``:
-    backsolve/none), or an ``ndode.Adjoint`` object used as it is; ``adjoint_options``
-    go to the backsolve adjoint's backward solve (e.g. ``{"norm": "full"}``).
-    ``self.adjoint`` is the method's name, or None for direct backpropagation.
+    ``adjoint`` is an ``ndode.Adjoint`` object, used as it is (its own options set
+    its backward solve, e.g. ``ndode.BacksolveAdjoint(options={"norm": "full"})``),
+    or None for direct backpropagation; experiments build it from the config in
+    one place (``ndode.harness.solver_kwargs``).
     ``norm_reduce`` goes to every solve (``ndode.solve``'s, for data-parallel
     training): the harness sets it for the span of each training step
     (``ndode.harness.ddp.synced_error_norms``) and clears it after, so
@@ -49,8 +52,7 @@ class ODEBlock(nn.Module):
         rtol: float = 1e-3,
         atol: float = 1e-3,
         options: dict | None = None,
-        adjoint: str | bool | ndode.Adjoint | None = "backsolve",
-        adjoint_options: dict | None = None,
+        adjoint: ndode.Adjoint | None = BACKSOLVE,
         eval_rtol: float | None = None,
         eval_atol: float | None = None,
         norm_reduce=None,
@@ -60,12 +62,13 @@ class ODEBlock(nn.Module):
             raise TypeError(f"ODEBlock needs func to be an nn.Module (its parameters are trained), got {type(func).__name__}")
         if method not in ndode.METHODS:
             raise ValueError(f"method={method!r} is not a known solver; choose one of {', '.join(ndode.METHODS)}")
+        if adjoint is not None and not isinstance(adjoint, ndode.Adjoint):
+            raise TypeError(f"adjoint={adjoint!r}: pass an adjoint method, e.g. ndode.BacksolveAdjoint() or "
+                            f"ndode.CheckpointAdjoint(), or None for direct backpropagation")
         self.func = func
         self.method = method
         self.options = dict(options) if options else None
-        self.adjoint_method = adjoint if isinstance(adjoint, ndode.Adjoint) else None
-        self.adjoint = _adjoint_name(adjoint)
-        self.adjoint_options = dict(adjoint_options) if adjoint_options else None
+        self.adjoint = adjoint
         self.rtol, self.atol = float(rtol), float(atol)
         self.eval_rtol = None if eval_rtol is None else float(eval_rtol)
         self.eval_atol = None if eval_atol is None else float(eval_atol)
@@ -92,14 +95,8 @@ class ODEBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rtol, atol = self.tolerance()
-        if self.adjoint_method is not None:
-            adjoint = self.adjoint_method
-        elif self.adjoint == "backsolve":
-            adjoint = ndode.BacksolveAdjoint(options=self.adjoint_options)
-        else:
-            adjoint = None if self.adjoint is None else ndode.ADJOINTS[self.adjoint]()
         sol = ndode.solve(self.func, x, [self.t0, self.t1], rtol=rtol, atol=atol, method=self.method,
-                          options=self.options, adjoint=adjoint, norm_reduce=self.norm_reduce)
+                          options=self.options, adjoint=self.adjoint, norm_reduce=self.norm_reduce)
         self.last_stats = sol.stats
         return sol.ys[-1]
 
@@ -121,24 +118,8 @@ class ODEBlock(nn.Module):
     def extra_repr(self) -> str:
         t0, t1 = self.t0, self.t1
         opts = f", options={self.options}" if self.options else ""
-        return f"t=[{t0:g}, {t1:g}], method={self.method}, rtol={self.rtol:g}, atol={self.atol:g}{opts}, adjoint={self.adjoint}"
-
-
-def _adjoint_name(adjoint) -> str | None:
-    """None (direct backpropagation) or the name in ``ndode.ADJOINTS`` of an ``adjoint`` choice."""
-    if isinstance(adjoint, ndode.Adjoint):
-        return next((n for n, cls in ndode.ADJOINTS.items() if type(adjoint) is cls), type(adjoint).__name__)
-    if adjoint is None or adjoint is False:
-        return None
-    if adjoint is True:
-        return "backsolve"
-    name = getattr(adjoint, "name", adjoint)  # a config's AdjointMethod member
-    if name == "none":
-        return None
-    if name not in ndode.ADJOINTS:
-        raise ValueError(f"adjoint={adjoint!r} is not one of 'none', {', '.join(map(repr, ndode.ADJOINTS))} "
-                         "(or True/False, or an ndode.Adjoint object)")
-    return name
+        adjoint = None if self.adjoint is None else type(self.adjoint).__name__
+        return f"t=[{t0:g}, {t1:g}], method={self.method}, rtol={self.rtol:g}, atol={self.atol:g}{opts}, adjoint={adjoint}"
 
 
 def ode_blocks(model: nn.Module) -> Iterator[ODEBlock]:

@@ -1,7 +1,8 @@
 """The CNF experiment's tables and figures (paper Figures 4 and 5, FFJORD toys), as pure functions.
 
 Inputs are the collector's DataFrame (``load_runs``), each run's ``arrays/cnf.npz`` and its
-``metrics.jsonl`` records; no training code is imported. Statistics: mean ± sample std (ddof=1) over seeds.
+``metrics.jsonl`` records; no training code is imported. Statistics: mean ± sample std (ddof=1) over seeds,
+by :func:`ndode.report.tables.mean_std` (every table's).
 
 Verdicts (:func:`verdict`, :func:`claims`): each of the paper's claims is ``holds``, ``fails`` or ``tie``, a tie
 being a difference within 2 standard errors of the difference of the means (over seeds) or within 0.01 nats
@@ -16,7 +17,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from .tables import mean_std_cell
+from .tables import mean_std, mean_std_cell
 
 __all__ = ["TARGETS_SHOWN", "SIZES", "TIE_NATS", "fig4_table", "fig5_table", "toy_table", "verdict", "claims",
            "convergence", "cost_table", "fig4_markdown", "fig5_markdown", "toy_markdown", "plot_fig4", "plot_fig5",
@@ -52,16 +53,14 @@ def _agg(df: pd.DataFrame, by: list[str], metrics: dict[str, str]) -> pd.DataFra
         row = dict(zip(by, key))
         n = 0
         for name, col in metrics.items():
-            x = pd.to_numeric(g[col], errors="coerce").dropna() if col in g else pd.Series(dtype=float)
-            row[f"{name}_mean"] = float(x.mean()) if len(x) else math.nan
-            row[f"{name}_std"] = float(x.std(ddof=1)) if len(x) > 1 else math.nan
-            n = max(n, len(x))
+            row[f"{name}_mean"], row[f"{name}_std"], k = mean_std(g[col] if col in g else None)
+            n = max(n, k)
         row["n_seeds"] = n
         for col in COST:
             if col in g:
                 vals = g[col].dropna()
                 if col in ("wall_time_s", "nfe_forward", "nfe_backward"):  # these do vary by seed: their mean
-                    row[col] = float(pd.to_numeric(vals).mean()) if len(vals) else math.nan
+                    row[col] = mean_std(vals)[0]
                 else:
                     row[col] = vals.iloc[0] if len(vals) else math.nan
         rows.append(row)
@@ -99,7 +98,7 @@ def toy_table(df: pd.DataFrame) -> pd.DataFrame:
     t = _agg(part, ["dataset"], {"nll": "nll_test"})[["dataset", "nll_mean", "nll_std", "n_seeds"]]
     for col in ("nfe_forward", "nfe_backward", "nfe_forward_last", "nfe_backward_last", "wall_time_s"):
         if col in part:
-            t[col] = t["dataset"].map(part.groupby("dataset")[col].mean())
+            t[col] = [mean_std(part.loc[part["dataset"] == d, col])[0] for d in t["dataset"]]
     order = {n: i for i, n in enumerate(TOY_DATA)}
     return t.assign(_o=t["dataset"].map(order)).sort_values("_o").drop(columns="_o").reset_index(drop=True)
 
@@ -184,7 +183,7 @@ def cost_table(runs: pd.DataFrame, conv: pd.DataFrame | None = None) -> pd.DataF
         for col in COST:
             if col in g:
                 vals = g[col].dropna()
-                row[col] = (float(pd.to_numeric(vals).mean()) if col in ("wall_time_s", "nfe_forward", "nfe_backward")
+                row[col] = (mean_std(vals)[0] if col in ("wall_time_s", "nfe_forward", "nfe_backward")
                             else vals.iloc[0]) if len(vals) else math.nan
         flat = g["flat"].dropna() if "flat" in g else pd.Series(dtype=object)
         row["flat"] = int(flat.astype(bool).sum()) if len(flat) else math.nan

@@ -63,21 +63,18 @@ def summary_run_id(experiment: str, budget: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]", "_", f"summary-{experiment}-{budget}")
 
 
-def collect_runs(runs_root: str | Path = "results/runs", results: str | Path = "results") -> pd.DataFrame:
+def collect_runs(runs: pd.DataFrame | None, results: str | Path = "results") -> pd.DataFrame:
     """One row per finished run, columns ``experiment``, ``budget``, ``run`` (its name).
 
-    From the run records under ``runs_root``; an experiment without records there comes from
-    the committed per-run tables ``<results>/summary/<experiment>.csv`` (a fresh clone has no
-    run records, and those tables are where its numbers come from).
+    From the collected run records ``runs`` (``ndode.harness.load_runs``; None: there are none); an
+    experiment without records there comes from the committed per-run tables
+    ``<results>/summary/<experiment>.csv`` (a fresh clone has no run records, and those tables are
+    where its numbers come from).
     """
-    from ndode.harness.collect import load_runs
-
     frames = []
-    if Path(runs_root).is_dir():
-        df = load_runs(runs_root)
-        if not df.empty:
-            frames.append(pd.DataFrame({"experiment": df["experiment"], "budget": df["budget.name"],
-                                        "run": df["run_name"]}))
+    if runs is not None and not runs.empty:
+        frames.append(pd.DataFrame({"experiment": runs["experiment"], "budget": runs["budget.name"],
+                                    "run": runs["run_name"]}))
     have = set(frames[0]["experiment"]) if frames else set()
     for path in sorted(Path(results, "summary").glob("*.csv")):
         if path.stem in have:
@@ -232,8 +229,8 @@ def publish_summary(exp: Experiment, runs: pd.DataFrame, budget: str, results: P
     under ``results`` now; entity, project and mode are those of the runs' ``logger`` config. An
     earlier offline copy of the same run is removed first: the new one replaces it.
     """
-    from ndode.harness.record import git_state
-    from ndode.harness.wandb_mirror import WandbMirror, resolve_mode
+    from ndode.io import git_state
+    from ndode.wandb_mirror import WandbMirror, resolve_mode
 
     if "logger.wandb" in runs and not runs["logger.wandb"].fillna(True).astype(bool).any():
         return None  # every run was made with logger=none

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from ..harness.record import atomic_save
+from ..io import atomic_save
 
 __all__ = ["save_figure", "plot_ode_demo"]
 

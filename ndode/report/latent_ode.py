@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from .tables import mean_std_cell, seed_table
+from .tables import mean_std, mean_std_cell, seed_table
 
 __all__ = ["PAPER_TABLE2", "MODEL_ORDER", "N_OBS", "READINGS", "VARIANT_KEYS", "WITHIN_FACTOR", "FLAT_TOL",
            "select_on_validation", "table2", "verdicts", "table2_markdown", "figure8_runs", "plot_fig8", "plot_fig9",
@@ -79,13 +79,6 @@ def _num(x) -> pd.Series:
     return pd.to_numeric(pd.Series(x), errors="coerce").dropna()
 
 
-def _mean_std(x) -> tuple[float, float, int]:
-    v = _num(x)
-    if not len(v):
-        return math.nan, math.nan, 0
-    return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else math.nan, int(len(v))
-
-
 def _with_variants(df: pd.DataFrame) -> pd.DataFrame:
     need = ["budget.name", "model.name", "data.n_obs", "seed"] + [c for r in READINGS for c in (r.test, r.val)]
     missing = [c for c in need if c not in df.columns]
@@ -134,7 +127,7 @@ def table2(df: pd.DataFrame) -> pd.DataFrame:
         for (budget, model, n), g in chosen.groupby(["budget.name", "model.name", "data.n_obs"], sort=False):
             cand = full[(full["budget.name"] == budget) & (full["model.name"] == model) & (full["data.n_obs"] == n)]
             v = _num(g[r.test])
-            m, s, k = _mean_std(v)
+            m, s, k = mean_std(v)
             paper = PAPER_TABLE2.get(model, {}).get(int(n), math.nan)
             med = float(v.median()) if len(v) else math.nan
             tol = _num(g[r.test + "_paper_tol"]) if r.test + "_paper_tol" in g else pd.Series(dtype=float)
@@ -152,7 +145,7 @@ def table2(df: pd.DataFrame) -> pd.DataFrame:
                 median_paper_tol=float(tol.median()) if len(tol) else math.nan,
                 val_change_last20=float(change.max()) if len(change) and len(change) == k else math.nan,
                 flat=bool(change.max() <= FLAT_TOL) if len(change) and len(change) == k else None,
-                wall_time_s_mean=_mean_std(g["wall_time_s"])[0] if "wall_time_s" in g else math.nan))
+                wall_time_s_mean=mean_std(g["wall_time_s"])[0] if "wall_time_s" in g else math.nan))
     cols = ["budget", "reading", "model", "n_obs", "n_seeds", "median", "min", "max", "mean", "std", *VARIANT_KEYS,
             "n_candidates", "val_median", "paper", "ratio", "within", "median_paper_tol", "val_change_last20", "flat",
             "wall_time_s_mean"]

@@ -10,7 +10,7 @@ import math
 
 import pandas as pd
 
-from .tables import mean_std_cell
+from .tables import mean_std, mean_std_cell
 
 __all__ = ["PAPER_TABLE1", "MODEL_ORDER", "model_key", "table1", "table1_markdown", "plot_fig3"]
 
@@ -26,14 +26,6 @@ PAPER_TABLE1 = {
     "odenet": {"paper_error_pct": 0.42, "paper_params_m": 0.22, "paper_memory": "O(1)", "paper_time": "O(L̃)"},
 }
 MIB = 2**20
-
-
-def _mean_std(x) -> tuple[float, float, int]:
-    """Mean and sample std (ddof=1; NaN for one value) of the finite numbers in ``x``, and their count."""
-    v = pd.to_numeric(pd.Series(x, dtype=object), errors="coerce").dropna()
-    if v.empty:
-        return math.nan, math.nan, 0
-    return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else math.nan, len(v)
 
 
 def model_key(name: str, adjoint) -> str:
@@ -59,22 +51,22 @@ def table1(df: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for (budget, model), g in df.groupby([df["budget.name"], pd.Series(keys, index=df.index, name="model")],
                                          sort=False):
-        err, err_sd, n = _mean_std(g["test_error"] * 100)
-        step, step_sd, _ = _mean_std(g["step_time_s"])
-        saved = _mean_std(g["saved_bytes"])[0]
-        grown = _mean_std(g.get("saved_bytes_grown"))[0]
+        err, err_sd, n = mean_std(g["test_error"] * 100)
+        step, step_sd, _ = mean_std(g["step_time_s"])
+        saved = mean_std(g["saved_bytes"])[0]
+        grown = mean_std(g.get("saved_bytes_grown"))[0]
         rows.append({
             "budget": budget, "model": model, "label": MODEL_LABELS.get(model, model), "n_seeds": n,
-            "epochs": _mean_std(g.get("epochs"))[0],
+            "epochs": mean_std(g.get("epochs"))[0],
             "test_error_pct_mean": err, "test_error_pct_std": err_sd,
             "params_m": float(g["params"].iloc[0]) / 1e6,
             "saved_mib": saved / MIB, "growth": grown / saved,
             "growth_what": g["growth_what"].iloc[0] if "growth_what" in g else None,
-            "memory_nfe": _mean_std(g.get("memory_nfe"))[0], "memory_nfe_grown": _mean_std(g.get("memory_nfe_grown"))[0],
+            "memory_nfe": mean_std(g.get("memory_nfe"))[0], "memory_nfe_grown": mean_std(g.get("memory_nfe_grown"))[0],
             "step_time_s_mean": step, "step_time_s_std": step_sd,
-            "test_time_per_128_s": _mean_std(g.get("test_time_per_128_s"))[0],
-            "nfe_forward": _mean_std(g.get("train_nfe_forward"))[0],
-            "nfe_backward": _mean_std(g.get("train_nfe_backward"))[0],
+            "test_time_per_128_s": mean_std(g.get("test_time_per_128_s"))[0],
+            "nfe_forward": mean_std(g.get("train_nfe_forward"))[0],
+            "nfe_backward": mean_std(g.get("train_nfe_backward"))[0],
             **{k: v for k, v in PAPER_TABLE1.get(model, {}).items()},
         })
     out = pd.DataFrame(rows)

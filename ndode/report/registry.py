@@ -13,7 +13,7 @@ Where the keys come from (W&B names):
   ``analysis/<metric>`` against ``step``, and at its end its figures
   (``<run dir>/figures/<stem>.png``) as images ``figures/<stem>`` and its arrays
   (``<run dir>/arrays/<stem>.csv``; ``<stem>.npz``: one table per array) as tables
-  ``arrays/<stem>`` / ``arrays/<stem>/<array>`` (:mod:`ndode.harness.wandb_mirror`);
+  ``arrays/<stem>`` / ``arrays/<stem>/<array>`` (:mod:`ndode.wandb_mirror`);
 * the experiment's ``summary`` run holds each file of ``tables`` as the table
   ``tables/<stem>`` and each file of ``figures`` as the image ``figures/<stem>``
   (:func:`summary_key`).

@@ -1,7 +1,9 @@
 """Tables: mean ± standard deviation over seeds, from the collector's DataFrame.
 
 The suite's one statistics convention, in every table: the mean and the sample standard deviation
-(ddof=1; none for a single seed) over seeds, with the number of seeds (``n_seeds``) beside them.
+(ddof=1; none for a single seed) over seeds, with the number of seeds (``n_seeds``) beside them, computed by
+one function, :func:`mean_std` (every experiment's report module calls it, as DomainBed's ``Q.mean_std``), and
+shown by one, :func:`mean_std_cell`.
 
 Each experiment declares one :class:`TableSpec` in :data:`TABLES` (which
 config columns identify a row, which summary metrics to report); the
@@ -17,8 +19,8 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-__all__ = ["TableSpec", "TABLES", "CELLS", "seed_table", "markdown_table", "runs_table", "one_config_per_cell",
-           "tabulable"]
+__all__ = ["TableSpec", "TABLES", "CELLS", "mean_std", "seed_table", "markdown_table", "runs_table",
+           "one_config_per_cell", "tabulable"]
 
 
 @dataclass(frozen=True)
@@ -49,7 +51,7 @@ TABLES: dict[str, TableSpec] = {
 # one configuration (one_config_per_cell). The cells are the paper's axes: MNIST's model, the CNF's target, flow
 # and size, the latent ODE's model and observation count, the Poisson term on or off; the demo's table rows.
 CELLS: dict[str, tuple[str, ...]] = {
-    "mnist": ("model.name",),
+    "mnist": ("model.name", "solver.adjoint"),  # RK-Net is model.name=odenet with solver.adjoint=none
     "cnf": ("data", "flow", "size"),
     "latent_ode": ("model.name", "data.n_obs"),
     "latent_poisson": ("model.poisson",),
@@ -121,6 +123,17 @@ def _require(df: pd.DataFrame, columns, what: str) -> None:
         raise KeyError(f"{what}: columns {missing} are not in the runs DataFrame (has: {sorted(df.columns)})")
 
 
+def mean_std(values) -> tuple[float, float, int]:
+    """The suite's one statistic over seeds (every table's): the mean and the sample standard deviation (ddof=1;
+    NaN for a single value) of the numbers in ``values`` (a Series, a sequence or None; what is not a number, None
+    and NaN are left out), and how many numbers there were. No numbers: ``(nan, nan, 0)``."""
+    v = values if isinstance(values, pd.Series) else pd.Series(values, dtype=object)
+    v = pd.to_numeric(v, errors="coerce").dropna()
+    if v.empty:
+        return math.nan, math.nan, 0
+    return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else math.nan, len(v)
+
+
 def seed_table(df: pd.DataFrame, by, metrics, seed_col: str = "seed") -> pd.DataFrame:
     """One row per distinct ``by``: ``n_seeds`` runs, and ``<metric>_mean`` / ``<metric>_std`` for each metric.
 
@@ -134,9 +147,7 @@ def seed_table(df: pd.DataFrame, by, metrics, seed_col: str = "seed") -> pd.Data
         row = dict(zip(by, key))
         row["n_seeds"] = int(g[seed_col].nunique())
         for m in metrics:
-            x = pd.to_numeric(g[m], errors="coerce").dropna()
-            row[f"{m}_mean"] = float(x.mean()) if len(x) else math.nan
-            row[f"{m}_std"] = float(x.std(ddof=1)) if len(x) > 1 else math.nan
+            row[f"{m}_mean"], row[f"{m}_std"], _ = mean_std(g[m])
         rows.append(row)
     return pd.DataFrame(rows, columns=by + ["n_seeds"] + [f"{m}_{s}" for m in metrics for s in ("mean", "std")])
 

@@ -1,5 +1,8 @@
 """The W&B mirror of a run record: same config, metrics and summary, never the only copy.
 
+Used by the run harness (one mirror per training run) and by the report (each experiment's
+``summary`` run, :mod:`ndode.report.dashboard`); it imports nothing else of ``ndode``.
+
 Mode: ``$WANDB_MODE`` when set, else ``logger.mode``, else ``offline`` (files
 under ``<run dir>/wandb/``, uploaded later by ``make sync``). ``online``
 without an API key falls back to ``offline``. Any W&B failure (import, init,
@@ -20,12 +23,12 @@ import math
 import os
 from pathlib import Path
 
-from .config import WANDB_MODES
 from .wandb_auth import have_api_key
 
-__all__ = ["WandbMirror", "resolve_mode", "have_api_key", "array_tables", "MAX_TABLE_ROWS"]
+__all__ = ["WandbMirror", "WANDB_MODES", "resolve_mode", "have_api_key", "array_tables", "MAX_TABLE_ROWS"]
 
-log = logging.getLogger("ndode.harness")
+log = logging.getLogger("ndode.wandb")
+WANDB_MODES = ("online", "offline", "disabled")
 
 
 def resolve_mode(configured: str | None) -> str:
@@ -116,6 +119,16 @@ class WandbMirror:
     ``run_id`` (default: from ``run_dir``) and ``job_type`` (default: ``group``) are for the
     experiments' ``summary`` runs, one per (experiment, budget), rewritten by each ``make tables``.
     """
+
+    @classmethod
+    def of_run(cls, cfg, config: dict, run_dir: Path, name: str, goals: dict[str, str], enabled: bool) -> WandbMirror:
+        """The mirror of a training run: ``cfg`` its config (``logger.*``, experiment, budget), ``config`` the
+        resolved config as recorded; ``enabled``: this process writes the record (rank 0)."""
+        model_name = config["model"].get("name") if isinstance(config.get("model"), dict) else None
+        return cls(enabled=bool(cfg.logger.wandb) and enabled, mode=cfg.logger.mode, project=cfg.logger.project,
+                   entity=cfg.logger.entity, run_dir=run_dir, name=name, group=cfg.experiment,
+                   tags=[f"budget={cfg.budget.name}"] + ([f"model={model_name}"] if model_name else []),
+                   config={**config, "run_dir": str(run_dir)}, goals=goals, quiet=cfg.quiet or not cfg.logger.verbose)
 
     def __init__(self, *, enabled: bool, mode: str | None, project: str, entity: str | None, run_dir: Path,
                  name: str, group: str, tags: list[str], config: dict, goals: dict[str, str] | None = None,
