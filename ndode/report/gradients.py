@@ -2,7 +2,7 @@
 
 The runs of experiment ``gradients`` are of two kinds:
 
-* accuracy runs (``experiments/gradients.py``, a ``source`` column): one trained model at one tolerance, every
+* accuracy runs (:mod:`ndode.experiments.gradients`, a ``source`` column): one trained model at one tolerance, every
   gradient method measured, flattened as ``<method>.<metric>`` (``ndode.gradients.compare``);
 * training runs (``experiments/cnf.py`` / ``latent_ode.py`` with ``experiment=gradients solver.adjoint=...``):
   the Figure 5 CNF and the latent ODE at n = 30, trained with each gradient method, a few seeds each.
@@ -19,7 +19,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from .tables import mean_std_cell
+from .tables import mean_std, mean_std_cell
 
 __all__ = ["METHOD_LABELS", "SOURCE_LABELS", "TRAINING_METRICS", "accuracy_table", "training_table", "verdict",
            "gradients_markdown", "plot_gradients"]
@@ -128,27 +128,18 @@ def training_table(df: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for (budget, exp), g in part.groupby(["budget.name", "_exp"], sort=True):
         for label, val, test in TRAINING_METRICS[exp]:
-            stats = {}
-            for adj, h in g.groupby("_adj"):
-                v = pd.to_numeric(h.get(val), errors="coerce").dropna()
-                t = pd.to_numeric(h.get(test), errors="coerce").dropna()
-                stats[adj] = (h, v, t)
+            stats = {adj: (h, mean_std(h.get(val)), mean_std(h.get(test))) for adj, h in g.groupby("_adj")}
             ref = stats.get("checkpoint")
             for adj in sorted(stats, key=lambda a: ADJOINT_ORDER.index(a) if a in ADJOINT_ORDER else 99):
-                h, v, t = stats[adj]
-                vm, vs = (float(v.mean()) if len(v) else math.nan), (float(v.std(ddof=1)) if len(v) > 1 else math.nan)
+                h, (vm, vs, vn), (tm, ts, _) = stats[adj]
                 if ref is not None and adj != "checkpoint":
-                    rv = ref[1]
-                    verd, diff, se = verdict(vm, vs, len(v), float(rv.mean()) if len(rv) else math.nan,
-                                             float(rv.std(ddof=1)) if len(rv) > 1 else math.nan, len(rv))
+                    verd, diff, se = verdict(vm, vs, vn, *ref[1])
                 else:
                     verd, diff, se = ("reference" if adj == "checkpoint" else "no reference"), math.nan, math.nan
                 rows.append({
                     "budget": budget, "experiment": exp, "metric": label, "adjoint": adj,
-                    "n_seeds": int(h["seed"].nunique()), "val_mean": vm, "val_std": vs,
-                    "test_mean": float(t.mean()) if len(t) else math.nan,
-                    "test_std": float(t.std(ddof=1)) if len(t) > 1 else math.nan,
-                    "verdict": verd, "diff_vs_checkpoint": diff, "se_diff": se,
+                    "n_seeds": int(h["seed"].nunique()), "val_mean": vm, "val_std": vs, "test_mean": tm,
+                    "test_std": ts, "verdict": verd, "diff_vs_checkpoint": diff, "se_diff": se,
                     "wall_time_s_mean": _mean(h, "wall_time_s"), "nfe_forward_mean": _mean(h, "nfe_forward"),
                     # direct backprop solves nothing backwards (the CNF's records say 0)
                     "nfe_backward_mean": math.nan if adj == "none" else _mean(h, "nfe_backward"),
@@ -158,10 +149,7 @@ def training_table(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def _mean(h: pd.DataFrame, col: str) -> float:
-    if col not in h:
-        return math.nan
-    v = pd.to_numeric(h[col], errors="coerce").dropna()
-    return float(v.mean()) if len(v) else math.nan
+    return mean_std(h.get(col))[0]
 
 
 def _g(x, fmt=".2g") -> str:
