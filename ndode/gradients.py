@@ -1,6 +1,6 @@
 """One loss, its parameter gradient by each gradient method of a solve, and how far apart they are.
 
-The gradient study (``experiments/gradients.py``, docs/gradients.md) asks how
+The gradient study (:mod:`ndode.experiments.gradients`, docs/gradients.md) asks how
 accurate the paper's backsolve adjoint is on the paper's own models. Its
 question in code: a :class:`GradientProblem` (a trained model, a fixed batch,
 its loss) differentiated by
@@ -41,14 +41,20 @@ __all__ = ["METHODS", "GradientProblem", "Measurement", "adjoint_for", "measure"
 METHODS = ("direct", "checkpoint", "backsolve_seminorm", "backsolve_full")
 
 
-def adjoint_for(method: str) -> Adjoint | None:
-    """The ``adjoint=`` argument of ``ndode.solve`` that computes ``method``'s gradient (None: direct backprop)."""
+def adjoint_for(method: str, options: dict | None = None) -> Adjoint | None:
+    """The ``adjoint=`` argument of ``ndode.solve`` that computes ``method``'s gradient (None: direct backprop).
+
+    ``options``: the forward solve's options. The backsolve adjoint's backward solve takes them (with its norm), as
+    a training run's ``BacksolveAdjoint()`` inherits them: naming a norm in ``BacksolveAdjoint(options=...)``
+    alone would drop them, and the backward solve would run with the library's default step-size controller
+    instead of the experiment's own.
+    """
     if method == "direct":
         return None
     if method == "checkpoint":
         return CheckpointAdjoint()
     if method in ("backsolve_seminorm", "backsolve_full"):
-        return BacksolveAdjoint(options={"norm": method.split("_", 1)[1]})
+        return BacksolveAdjoint(options={**(options or {}), "norm": method.split("_", 1)[1]})
     raise ValueError(f"gradient method {method!r} is not one of {', '.join(METHODS)}")
 
 
@@ -62,13 +68,16 @@ class GradientProblem:
     ``nfe()`` returns (NFE-F, NFE-B) of the solves of the last call, after its
     ``backward()`` (NFE-B None for direct backprop). ``params``: the tensors
     differentiated; ``ode_params``: those inside the solved function (their
-    gradient comes through the solve only).
+    gradient comes through the solve only). ``options``: the solves' own
+    ``options`` (e.g. the experiments' step-size controller), which the
+    backsolve adjoint's backward solve uses too (:func:`adjoint_for`).
     """
 
     loss: Callable[[Adjoint | None, float, float], torch.Tensor]
     nfe: Callable[[], tuple[int | None, int | None]]
     params: Sequence[torch.Tensor]
     ode_params: Sequence[torch.Tensor]
+    options: dict | None = None
 
 
 @dataclass
@@ -105,7 +114,7 @@ def measure(problem: GradientProblem, method: str, tol: float, repeats: int = 1)
     """
     if repeats < 0:
         raise ValueError(f"repeats={repeats!r} must be >= 0")
-    adjoint = adjoint_for(method)
+    adjoint = adjoint_for(method, problem.options)
     params = list(problem.params)
     cuda = any(p.is_cuda for p in params)
     _zero(params)

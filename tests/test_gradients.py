@@ -3,7 +3,10 @@ errors, and the table builder (ndode/report/gradients.py) on hand-made records."
 
 from __future__ import annotations
 
+import json
 import math
+import subprocess
+import sys
 
 import pandas as pd
 import pytest
@@ -13,15 +16,13 @@ import ndode
 from ndode.gradients import METHODS, GradientProblem, adjoint_for, compare, cosine, measure, rel_err
 
 pytest.importorskip("hydra")
-from _experiments import compose_config, load_experiment, load_script  # noqa: E402
+from _support import REPO, compose_config, load_script  # noqa: E402
 
+from ndode.experiments import cnf, gradients, mnist  # noqa: E402
+from ndode.experiments.latent_ode import LatentODETask  # noqa: E402
+from ndode.experiments.latent_poisson import PoissonTask  # noqa: E402
 from ndode.harness import ConfigError, RunRecordError, load_runs, run_experiment, validate  # noqa: E402
 from ndode.report import gradients as G  # noqa: E402
-
-
-@pytest.fixture(autouse=True)
-def _no_wandb(monkeypatch):
-    monkeypatch.setenv("WANDB_MODE", "disabled")
 
 
 class _Linearish(torch.nn.Module):
@@ -110,11 +111,30 @@ def test_unknown_method_and_missing_reference_are_clear_errors():
     assert math.isnan(rel_err(a, torch.zeros(2, dtype=torch.float64)))
 
 
-# ---- the experiment end to end (smoke budget): a CNF source run, then the study on it
-cnf = load_experiment("cnf")
-gradients = load_experiment("gradients")
+def test_backsolve_backward_solve_takes_the_forward_solves_options():
+    """A training run's ``BacksolveAdjoint()`` solves backwards with the forward solve's options (the experiments'
+    integral controller); the study's backsolve methods, which name a norm, must too, not the library's default
+    (PI) controller."""
+    f = _Linearish(3.0)
+    y0 = torch.randn(16, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    options = {"controller": "integral"}
+
+    def backward_nfe(adjoint):
+        f.zero_grad()
+        sol = ndode.solve(f, y0, [0.0, 1.0, 2.0], rtol=1e-3, atol=1e-3, options=options, adjoint=adjoint)
+        (sol.ys[1:] ** 2).sum().backward()
+        return sol.stats.nfe_backward, torch.cat([p.grad.reshape(-1) for p in f.parameters()])
+
+    training, g_training = backward_nfe(ndode.BacksolveAdjoint())  # options inherited, seminorm
+    study, g_study = backward_nfe(adjoint_for("backsolve_seminorm", options))
+    default, _ = backward_nfe(adjoint_for("backsolve_seminorm"))
+    assert study == training and torch.equal(g_study, g_training)
+    assert default != training  # the default controller takes other steps: the check can fail
+    full = adjoint_for("backsolve_full", options)
+    assert full.norm == "full" and full.options == options
 
 
+# ---- the experiment end to end (smoke budget): source runs, then the study on them
 def _cnf_run(root, *overrides, name="source"):
     cfg = compose_config("cnf", "budget=smoke", "quiet=true", "logger.wandb=false", "data=moons", "flow=cnf",
                          "size=64", f"run_root={root}", *overrides)
@@ -134,6 +154,7 @@ def cnf_source(tmp_path_factory):
     return root, _cnf_run(root)
 
 
+@pytest.mark.slow
 def test_study_run_records_every_method_against_the_source_run(cnf_source):
     root, src = cnf_source
     cfg = _study_cfg(root, "source=cnf", "tol=1e-4")
@@ -168,6 +189,7 @@ def test_missing_source_run_unknown_source_and_bad_methods_are_clear_errors(tmp_
         gradients.load_source(tmp_path, "cnf", torch.device("cpu"))
 
 
+@pytest.mark.slow
 def test_two_matching_source_runs_ask_for_source_run(tmp_path):
     _cnf_run(tmp_path, name="a")
     _cnf_run(tmp_path, "lr=0.01", name="b")
@@ -175,6 +197,7 @@ def test_two_matching_source_runs_ask_for_source_run(tmp_path):
         gradients.find_source_run(tmp_path, "cnf", "smoke", 0)
 
 
+@pytest.mark.slow
 def test_training_runs_stay_out_of_the_paper_tables_and_fill_the_gradients_table(tmp_path):
     """Training runs with experiment=gradients and solver.adjoint=...: the Figure 5 table keeps its one configuration;
     the gradients table gets one row per method, with the verdict against the checkpointed adjoint."""
@@ -191,6 +214,50 @@ def test_training_runs_stay_out_of_the_paper_tables_and_fill_the_gradients_table
     assert list(train["verdict"]) == ["reference", "few seeds"]  # one seed each: no noise estimate
     md = (out / "tables" / "gradients.md").read_text()
     assert "| CNF, Two Moons (Fig. 5) | NLL (nats) | backsolve adjoint | 1 |" in md
+
+
+# the other sources: each rebuilt by its own experiment's task from the run record; the study differentiates the
+# loss training differentiates (MNIST: cross-entropy of a batch; the latent ODEs: the task's objective, the -ELBO)
+SOURCE_RUNS = {"mnist": ("mnist", ("model=odenet",)),
+               "latent_ode": ("latent_ode", ("model=latent_ode", "data.n_obs=30")),
+               "latent_poisson": ("latent_poisson", ("model.poisson=true",))}
+TASKS = {"mnist": mnist.MNISTTask, "latent_ode": LatentODETask, "latent_poisson": PoissonTask}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("source", list(SOURCE_RUNS))
+def test_study_of_each_other_source_measures_its_training_loss(source, tmp_path, request):
+    config, overrides = SOURCE_RUNS[source]
+    if source == "mnist":
+        overrides += (f"data.root={request.getfixturevalue('data_root')}",)
+    cfg = compose_config(config, "budget=smoke", "quiet=true", "logger.wandb=false", f"run_root={tmp_path}",
+                         *overrides)
+    run_experiment(cfg, TASKS[source], run_dir=tmp_path / config / "source")
+    s = run_experiment(_study_cfg(tmp_path, f"source={source}", "tol=1e-4"), gradients.GradientsTask,
+                       run_dir=tmp_path / "gradients" / "study")
+    assert s["source_run_name"] == "source" and s["source_experiment"] == config
+    assert s["same_forward"] == 1 and s["check_rel_err"] < 1e-4  # float32 rounding
+    for m in METHODS:
+        assert s[f"{m}.failed"] == 0 and s[f"{m}.nfe_forward"] == s["direct.nfe_forward"] > 0
+    for m in ("checkpoint", "backsolve_seminorm", "backsolve_full"):
+        assert s[f"{m}.nfe_backward"] > 0
+    assert s["backsolve_seminorm.rel_err"] < 0.5 and s["backsolve_seminorm.cos"] > 0.9
+    assert 0 < s["n_params_ode"] < s["n_params"]
+
+
+@pytest.mark.slow
+def test_latent_ode_training_run_under_the_gradients_experiment(tmp_path):
+    """make reproduce-gradients trains Table 2's latent ODE with experiment=gradients: the entry point picks the task
+    by the config's schema, so the renamed run is still the latent ODE's."""
+    p = subprocess.run([sys.executable, str(REPO / "experiments" / "latent_ode.py"), "experiment=gradients",
+                        "model=latent_ode", "data.n_obs=30", "solver.adjoint=checkpoint", "budget=smoke", "seed=0",
+                        f"run_root={tmp_path}", "quiet=true", "logger.wandb=false"],
+                       cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stdout + p.stderr
+    (run,) = (tmp_path / "gradients").iterdir()
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["val_rmse_window_noisy"] > 0 and summary["nfe_backward"] > 0  # Table 2's readings, the adjoint
+    assert not (tmp_path / "latent_ode").exists()
 
 
 # ---- the table builder on hand-made records
