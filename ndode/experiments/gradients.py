@@ -50,24 +50,22 @@ __all__ = ["SOURCES", "GradientsConfig", "GradientsTask", "find_source_run", "lo
 class Source:
     """A trained model the study reads: which experiment made it, how to recognise its run, how to rebuild it."""
 
-    experiment: str  # the run record's experiment (its folder under run_root)
+    experiment: str  # the run record's experiment (its folder under run_root; ndode.experiments.<experiment>)
     match: dict  # flattened config values its run has (a callable: a test of the value)
     reproduce: str  # the command that makes it
-    module: str  # ndode.experiments.<module> holds its schema and task
-    schema: str
+    schema: str  # the schema and task classes of ndode.experiments.<experiment>
     task: str
 
 
 SOURCES: dict[str, Source] = {
     # the ODE-Net, not RK-Net (the same architecture without an adjoint)
     "mnist": Source("mnist", {"model.name": "odenet", "solver.adjoint": lambda v: v not in ("none", False, None)},
-                    "make reproduce-mnist", "mnist", "MNISTConfig", "MNISTTask"),
-    "cnf": Source("cnf", {"data": "moons", "flow": "cnf", "size": 64}, "make reproduce-cnf", "cnf", "CNFConfig",
-                  "CNFTask"),
+                    "make reproduce-mnist", "MNISTConfig", "MNISTTask"),
+    "cnf": Source("cnf", {"data": "moons", "flow": "cnf", "size": 64}, "make reproduce-cnf", "CNFConfig", "CNFTask"),
     "latent_ode": Source("latent_ode", {"model.name": "latent_ode", "data.n_obs": 30}, "make reproduce-latent-ode",
-                         "latent_ode", "LatentODEConfig", "LatentODETask"),
+                         "LatentODEConfig", "LatentODETask"),
     "latent_poisson": Source("latent_poisson", {"model.poisson": True}, "make reproduce-poisson",
-                             "latent_poisson", "LatentPoissonConfig", "PoissonTask"),
+                             "LatentPoissonConfig", "PoissonTask"),
 }
 
 
@@ -166,7 +164,7 @@ def load_source(run_dir: str | Path, source: str, device: torch.device, batch_si
     if raw.get("experiment") != s.experiment:
         raise RunRecordError(f"source run {run_dir} is a {raw.get('experiment')!r} run, not {s.experiment!r} "
                              f"(source={source})")
-    mod = importlib.import_module(f"ndode.experiments.{s.module}")
+    mod = importlib.import_module(f"ndode.experiments.{s.experiment}")  # only the source's own
     cfg = OmegaConf.merge(OmegaConf.structured(getattr(mod, s.schema)), raw)
     cfg.device = str(device)
     ctx = RunContext(run_dir=run_dir, device=device, seed=int(cfg.seed), dist=ddp.env())
