@@ -14,7 +14,7 @@ DASH_STAMP := $(VENV)/.dashboard-stamp
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 
 .DEFAULT_GOAL := help
-.PHONY: help install lint test test-fast test-ddp gpu-check gpu-check-prepare demo reproduce-mnist reproduce-cnf reproduce-latent-ode reproduce-poisson reproduce tables figures publish bench bench-quick sync dashboard
+.PHONY: help install lint test test-fast test-ddp gpu-check gpu-check-prepare demo reproduce-mnist reproduce-cnf reproduce-latent-ode reproduce-poisson reproduce-gradients reproduce tables figures publish bench bench-quick sync dashboard
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sed 's|$$(VENV)|$(VENV)|g; s|$$(JOBS)|$(JOBS)|g' \
@@ -138,6 +138,29 @@ reproduce-poisson: $(STAMP) ## Latent ODE with Poisson-process observation times
 	$(PY) experiments/latent_ode.py --config-name latent_poisson -m model.poisson=true,false budget=$(BUDGET) seed=$(POISSON_SEEDS) hydra/launcher=joblib hydra.launcher.n_jobs=$(JOBS)
 	$(PY) scripts/make_tables.py --experiment latent_poisson --budget $(BUDGET)
 	$(PY) scripts/make_figures.py --experiment latent_poisson --budget $(BUDGET)
+
+# The gradient study (docs/gradients.md). First the four trained models, each with its reproduce target's own command
+# line (so its run directory is the one that target makes; a finished run is skipped, not redone): the MNIST ODE-Net,
+# the Figure 5 CNF on Two Moons (with the optimiser and learning rate select-cnf chose), the latent ODE at n = 30 and
+# the Poisson latent ODE, seed 0. Then one study run per (model, tolerance), and the Figure 5 CNF and the latent ODE
+# trained with each gradient method (experiment=gradients keeps them out of the paper's tables), three seeds each
+# unless SEEDS is given.
+GRAD_TOLS ?= 1e-3,1e-5,1e-7
+GRAD_TRAIN_SEEDS ?= $(if $(filter-out default file,$(origin SEEDS)),$(SEEDS),0$(comma)1$(comma)2)
+GRAD_ADJOINTS ?= backsolve,checkpoint,none
+GRAD_MLE_CNF = $(CNF_SELECT) --root $(CNF_SELECT_ROOT) choose mle_cnf || { echo "reproduce-gradients: no CNF learning-rate \
+choice at budget $(BUDGET); run make select-cnf BUDGET=$(BUDGET) (the first step of make reproduce-cnf) first" >&2; exit 2; }
+
+reproduce-gradients: $(STAMP) $(MNIST_RAW) ## gradient study: trained models (reused or trained), each method's gradient at GRAD_TOLS, training with each method, table and figure
+	$(PY) experiments/mnist.py model=odenet budget=$(BUDGET) seed=0
+	o=$$($(GRAD_MLE_CNF)) && $(PY) experiments/cnf.py data=moons flow=cnf size=64 budget=$(BUDGET) seed=0 $$o
+	$(PY) experiments/latent_ode.py model=latent_ode data.n_obs=30 budget=$(BUDGET) seed=0
+	$(PY) experiments/latent_ode.py --config-name latent_poisson model.poisson=true budget=$(BUDGET) seed=0
+	$(PY) experiments/gradients.py -m source=mnist,cnf,latent_ode,latent_poisson tol=$(GRAD_TOLS) budget=$(BUDGET) hydra/launcher=joblib hydra.launcher.n_jobs=$(JOBS)
+	$(PY) experiments/latent_ode.py -m experiment=gradients model=latent_ode data.n_obs=30 solver.adjoint=$(GRAD_ADJOINTS) budget=$(BUDGET) seed=$(GRAD_TRAIN_SEEDS) hydra/launcher=joblib hydra.launcher.n_jobs=$(JOBS)
+	o=$$($(GRAD_MLE_CNF)) && $(CNF_RUN) experiment=gradients data=moons flow=cnf size=64 solver.adjoint=$(GRAD_ADJOINTS) seed=$(GRAD_TRAIN_SEEDS) $$o
+	$(PY) scripts/make_tables.py --experiment gradients --budget $(BUDGET)
+	$(PY) scripts/make_figures.py --experiment gradients --budget $(BUDGET)
 
 demo: $(STAMP) ## learn a spiral ODE from noisy samples (cpu budget, ~1-2 min): results/local/cpu/figures/ode_demo.png, results/local/cpu/tables/ode_demo.md
 	$(PY) experiments/ode_demo.py budget=cpu seed=0

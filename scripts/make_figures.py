@@ -15,6 +15,7 @@ arrays of the RNN (its variant chosen on validation) and latent-ODE runs at n_ob
 latent_learning_curves.png from every run's metrics.jsonl.
 latent_poisson: results/figures/latent_fig7.png (the paper's Figure 7) from the Poisson-term-on run with the lowest
 seed at the budget.
+gradients: results/figures/gradients.png (docs/gradients.md) from every gradients run at the budget.
 
     python scripts/make_figures.py
     python scripts/make_figures.py --experiment ode_demo --run "budget=cpu,seed=0"
@@ -216,7 +217,32 @@ def latent_poisson(runs: Path, out: Path, run: str | None, budget: str | None = 
                         out / "latent_fig7.png")]
 
 
-FIGURES = {"ode_demo": ode_demo, "mnist": mnist, "cnf": cnf, "latent_ode": latent_ode, "latent_poisson": latent_poisson}
+def gradients(runs: Path, out: Path, run: str | None, budget: str | None = None) -> list[Path]:
+    """The gradient study (docs/gradients.md) from every finished gradients run at ``budget`` (default cpu)."""
+    import pandas as pd
+
+    from ndode.harness import load_runs
+    from ndode.report.gradients import accuracy_table, plot_gradients, training_table
+    from ndode.report.tables import tabulable
+
+    if run is not None:
+        raise ValueError("the gradients figure combines many runs; use --budget, not --run")
+    budget = budget or "cpu"
+    root = runs / "gradients"
+    df = load_runs(root) if root.is_dir() else pd.DataFrame()
+    df = df[df["budget.name"].astype(str) == budget] if not df.empty else df
+    acc = accuracy_table(tabulable(df, "gradients")[0]) if not df.empty else df
+    if df.empty or acc.empty:
+        raise FileNotFoundError(f"no finished gradients runs at budget={budget} under {root} "
+                                f"(run `make reproduce-gradients BUDGET={budget}` first)")
+    fig = plot_gradients(acc, training_table(tabulable(df, "gradients")[0]),
+                         title=f"Which gradient? Backprop, checkpointed and backsolve adjoint on the trained models, "
+                               f"budget={budget}")
+    return [save_figure(fig, out / "gradients.png")]
+
+
+FIGURES = {"ode_demo": ode_demo, "mnist": mnist, "cnf": cnf, "latent_ode": latent_ode, "latent_poisson": latent_poisson,
+           "gradients": gradients}
 
 
 def main(argv=None) -> int:

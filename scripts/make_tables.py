@@ -30,6 +30,7 @@ from ndode.harness import atomic_write_text, load_runs
 from ndode.harness.config import auto_budget
 from ndode.report import cnf as C
 from ndode.report.dashboard import publish_summaries
+from ndode.report.gradients import accuracy_table, gradients_markdown, training_table
 from ndode.report.latent_ode import poisson_markdown, poisson_table, table2, table2_markdown
 from ndode.report.mnist import table1, table1_markdown
 from ndode.report.outputs import LOCAL, PUBLISHED, check_publish, output_root
@@ -141,8 +142,24 @@ def latent_poisson(part, out: Path) -> list[Path]:
     return paths + [_summary(part, out, "latent_poisson", drop=("run_root", "quiet", "run_dir"))]
 
 
+def gradients(part, out: Path) -> list[Path]:
+    """The gradient study (docs/gradients.md): results/tables/gradients.{md,csv} (each method's gradient error, NFE,
+    time and memory on the trained models) and gradients_training.csv (training with each method)."""
+    budget = str(part["budget.name"].iloc[0])
+    acc, train = accuracy_table(part), training_table(part)
+    paths = [out / "tables" / "gradients.md", out / "tables" / "gradients.csv"]
+    atomic_write_text(paths[0], gradients_markdown(acc, train, budget))
+    atomic_write_text(paths[1], acc.to_csv(index=False))
+    if len(train):
+        paths.append(out / "tables" / "gradients_training.csv")
+        atomic_write_text(paths[-1], train.to_csv(index=False))
+    return paths + [_summary(part, out, "gradients", drop_prefixes=("logger.", "budget.plan."),
+                             drop=("run_root", "quiet", "run_dir"))]
+
+
 # experiments whose tables are more than mean ± std of a few metrics
-CUSTOM = {"mnist": mnist, "cnf": cnf, "latent_ode": latent_ode, "latent_poisson": latent_poisson}
+CUSTOM = {"mnist": mnist, "cnf": cnf, "latent_ode": latent_ode, "latent_poisson": latent_poisson,
+          "gradients": gradients}
 
 
 def _failed_runs(runs, budget: str) -> dict:

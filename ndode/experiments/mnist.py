@@ -191,8 +191,9 @@ class MNISTTask(Task):
         bs = self.cfg.budget.batch_size
         return perm[i * bs:(i + 1) * bs]
 
-    def _first(self, dataset, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The first ``n`` examples as one batch (the probes of ``analyze``)."""
+    def first_batch(self, dataset, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first ``n`` examples of ``dataset`` as one batch (the probes of ``analyze``; the gradient study's fixed
+        batch, :mod:`ndode.experiments.gradients`)."""
         return self._to_device(torch.utils.data.default_collate([dataset[i] for i in range(min(n, len(dataset)))]))
 
     def _nfe(self) -> dict:
@@ -243,7 +244,7 @@ class MNISTTask(Task):
 
     # ---- Table 1's memory column: bytes autograd saves for one training batch, and their growth
     def _saved_bytes(self, model: nn.Module) -> int:
-        x, y = self._first(self.train, self.cfg.budget.memory_batch_size)
+        x, y = self.first_batch(self.train, self.cfg.budget.memory_batch_size)
         model.train()
         try:
             return saved_tensor_bytes(lambda: self.loss(model(x), y), ignore=list(model.parameters()))

@@ -57,6 +57,8 @@ CELLS: dict[str, tuple[str, ...]] = {
     # chooses between them on validation (ndode.report.latent_ode.VARIANT_KEYS)
     "latent_ode": ("model.name", "model.feed_prev", "data.n_obs"),
     "latent_poisson": ("model.poisson",),
+    # the gradient study: an accuracy run per (source model, tolerance); a training run per (experiment, method)
+    "gradients": ("source", "tol", "data", "flow", "size", "model.name", "data.n_obs", "solver.adjoint"),
     **{name: tuple(c for c in spec.by if c != "budget.name") for name, spec in TABLES.items()},
 }
 
