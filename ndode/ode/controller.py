@@ -82,25 +82,35 @@ class IController(StepController):
         return _IState(self, -1.0 / (error_order + 1))
 
 
-class _IState(ControllerState):
-    __slots__ = ("c", "exponent", "rejected")
+class _State(ControllerState):
+    """What both controllers do on a rejected step: shrink by ``safety · err^alpha`` (at least ``min_factor``; by
+    ``min_factor`` for a non-finite error) and remember it, so the next accepted step may not grow."""
 
-    def __init__(self, c: IController, exponent: float):
-        self.c, self.exponent, self.rejected = c, exponent, False
-
-    def accept(self, err):
-        c = self.c
-        factor = c.max_factor if err == 0.0 else min(c.max_factor, c.safety * err**self.exponent)
-        if self.rejected:
-            factor = min(1.0, factor)
-        self.rejected = False
-        return factor
+    __slots__ = ()
+    c: StepController
+    alpha: float
+    rejected: bool
 
     def reject(self, err):
         self.rejected = True
         if not math.isfinite(err):
             return self.c.min_factor
-        return max(self.c.min_factor, self.c.safety * err**self.exponent)
+        return max(self.c.min_factor, self.c.safety * err**self.alpha)
+
+
+class _IState(_State):
+    __slots__ = ("c", "alpha", "rejected")
+
+    def __init__(self, c: IController, alpha: float):
+        self.c, self.alpha, self.rejected = c, alpha, False
+
+    def accept(self, err):
+        c = self.c
+        factor = c.max_factor if err == 0.0 else min(c.max_factor, c.safety * err**self.alpha)
+        if self.rejected:
+            factor = min(1.0, factor)
+        self.rejected = False
+        return factor
 
 
 @dataclass(frozen=True)
@@ -144,7 +154,7 @@ class PIController(StepController):
 ERR_FLOOR = 1e-4  # Hairer's DOPRI5: facold = max(err, 1e-4)
 
 
-class _PIState(ControllerState):
+class _PIState(_State):
     __slots__ = ("c", "alpha", "beta", "prev", "rejected")
 
     def __init__(self, c: PIController, alpha: float, beta: float):
@@ -161,12 +171,6 @@ class _PIState(ControllerState):
             factor = min(1.0, factor)
         self.prev, self.rejected = max(err, ERR_FLOOR), False
         return factor
-
-    def reject(self, err):
-        self.rejected = True
-        if not math.isfinite(err):
-            return self.c.min_factor
-        return max(self.c.min_factor, self.c.safety * err**self.alpha)
 
 
 # the controllers by name: ``controller="pi"``, ``options={"controller": "pi"}`` (a config can name one)
