@@ -38,10 +38,10 @@ from ndode.harness import (
     RunRecordError,
     Task,
     ddp,
+    load_runs,
     ranged,
     register_schema,
 )
-from ndode.io import flatten
 
 __all__ = ["SOURCES", "GradientsConfig", "GradientsTask", "find_source_run", "load_source"]
 
@@ -59,7 +59,9 @@ class Source:
 
 SOURCES: dict[str, Source] = {
     # the ODE-Net, not RK-Net (the same architecture without an adjoint)
-    "mnist": Source("mnist", {"model.name": "odenet", "solver.adjoint": lambda v: v not in ("none", False, None)},
+    # (v == v: not NaN, the collector's value for a record without the key)
+    "mnist": Source("mnist", {"model.name": "odenet",
+                              "solver.adjoint": lambda v: v == v and v not in ("none", False, None)},
                     "make reproduce-mnist", "MNISTConfig", "MNISTTask"),
     "cnf": Source("cnf", {"data": "moons", "flow": "cnf", "size": 64}, "make reproduce-cnf", "CNFConfig", "CNFTask"),
     "latent_ode": Source("latent_ode", {"model.name": "latent_ode", "data.n_obs": 30}, "make reproduce-latent-ode",
@@ -122,16 +124,13 @@ def find_source_run(run_root: str | Path, source: str, budget: str, seed: int) -
         raise ConfigError(f"source={source!r} is not one of {list(SOURCES)}")
     s = SOURCES[source]
     root = Path(run_root) / s.experiment
+    # the collector's reading of the records (flattened configs, status; an unreadable record left out with a line)
+    runs = load_runs(root, finished_only=False).to_dict("records") if root.is_dir() else []
     found, unfinished = [], []
-    for cfg_path in sorted(root.glob("*/config.yaml")) if root.is_dir() else []:
-        rec = RunRecord(cfg_path.parent, writer=False)
-        try:
-            flat = flatten(rec.read_config() or {})
-        except RunRecordError:
-            continue
-        if (flat.get("experiment") == s.experiment and str(flat.get("budget.name")) == budget
-                and flat.get("seed") == seed and _matches(flat, s.match)):
-            (found if rec.done else unfinished).append(cfg_path.parent)
+    for r in runs:
+        if (r.get("experiment") == s.experiment and str(r.get("budget.name")) == budget
+                and r.get("seed") == seed and _matches(r, s.match)):
+            (found if r["status"] == "done" else unfinished).append(Path(r["run_dir"]))
     if len(found) == 1:
         return found[0]
     want = ", ".join(f"{k}={'<adjoint>' if callable(v) else v}" for k, v in s.match.items())
