@@ -68,8 +68,8 @@ def latent_ode(runs: Path, out: Path, run: str | None, budget: str | None = None
     learning curves (latent_learning_curves.png) from the metrics.jsonl of every finished run at the budget."""
     import pandas as pd
 
-    from ndode.harness import load_runs
-    from ndode.report.latent_ode import figure8_runs, plot_learning_curves
+    from ndode.harness import load_records, load_runs
+    from ndode.report.latent_ode import READINGS, figure8_runs, plot_learning_curves
 
     b = budget or "cpu"
     root = runs / "latent_ode"
@@ -95,14 +95,13 @@ def latent_ode(runs: Path, out: Path, run: str | None, budget: str | None = None
     fig9 = plot_fig9(arrays["latent_ode"], title=(
         f"Varying one dimension of the latent initial state (the paper's Figure 9), {dirs['latent_ode'].name}"))
     paths = [save_figure(fig8, out / "latent_fig8.png"), save_figure(fig9, out / "latent_fig9.png")]
-    evals = []
-    for _, r in df.iterrows():
-        keys = {"model": r["model.name"], "n_obs": int(r["data.n_obs"]), "seed": int(r["seed"]),
-                "model.feed_prev": float(r.get("model.feed_prev", 0.0) or 0.0)}
-        records = read_jsonl(Path(r["run_dir"]) / "metrics.jsonl")
-        evals += [{**keys, **rec} for rec in records if rec.get("kind") == "eval"]
-    if evals:
-        fig = plot_learning_curves(pd.DataFrame(evals), int(df["budget.steps"].max()),
+    keys = ("model.name", "data.n_obs", "seed", "model.feed_prev")
+    evals = load_records(df.assign(**{"model.feed_prev": df.get("model.feed_prev", 0.0)}), "eval",
+                         sorted({r.val for r in READINGS}), keys).rename(
+        columns={"model.name": "model", "data.n_obs": "n_obs"})
+    evals["model.feed_prev"] = pd.to_numeric(evals["model.feed_prev"], errors="coerce").fillna(0.0)
+    if len(evals):
+        fig = plot_learning_curves(evals, int(df["budget.steps"].max()),
                                    title=f"Latent ODE vs RNNs, budget {b}: validation RMSE during training (median "
                                          "over seeds, band: range); shaded: the last 20% of training")
         paths.append(save_figure(fig, out / "latent_learning_curves.png"))

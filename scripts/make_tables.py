@@ -26,12 +26,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from ndode.harness import atomic_write_text, load_runs
+from ndode.harness import atomic_write_text, load_records, load_runs
 from ndode.harness.config import auto_budget
 from ndode.report import cnf as C
 from ndode.report.dashboard import publish_summaries
 from ndode.report.gradients import accuracy_table, gradients_markdown, training_table
-from ndode.report.latent_ode import poisson_markdown, poisson_table, table2, table2_markdown
+from ndode.report.latent_ode import READINGS, poisson_markdown, poisson_table, table2, table2_markdown
 from ndode.report.mnist import table1, table1_markdown
 from ndode.report.outputs import LOCAL, PUBLISHED, check_publish, output_root
 from ndode.report.tables import TABLES, markdown_table, runs_table, seed_table, tabulable
@@ -56,7 +56,7 @@ def mnist(part, out: Path) -> list[Path]:
 
 def latent_ode(part, out: Path) -> list[Path]:
     """Table 2: results/tables/latent_table2.{md,csv}, measured beside the paper's values."""
-    table = table2(part)
+    table = table2(part, load_records(part, "eval", sorted({r.val for r in READINGS})))
     noise = sorted(part["data.noise_std"].unique()) if "data.noise_std" in part else []
     # which commit(s) the runs ran at, and whether any ran from a dirty tree (issue 23: one clean commit)
     commits = sorted(set(part["git_commit"].dropna().astype(str).str[:7])) if "git_commit" in part else []
@@ -67,18 +67,6 @@ def latent_ode(part, out: Path) -> list[Path]:
                       + table2_markdown(table, noise_std=noise[0] if len(noise) == 1 else None, commit=commit))
     atomic_write_text(paths[1], table.to_csv(index=False))
     return paths + [_summary(part, out, "latent_ode")]
-
-
-def cnf_records(part) -> pd.DataFrame:
-    """The ``train`` records (step, loss) of every run in ``part``, from its metrics.jsonl (a run without one: none)."""
-    from ndode.harness import read_jsonl
-
-    recs = []
-    for _, r in part.iterrows():
-        path = Path(r["run_dir"]) / "metrics.jsonl"
-        rows = [x for x in read_jsonl(path) if x.get("kind") == "train"] if path.exists() else []
-        recs += [{"run": r["run"], "step": x["step"], "loss": x.get("loss")} for x in rows]
-    return pd.DataFrame(recs, columns=["run", "step", "loss"])
 
 
 def cnf(part, out: Path) -> list[Path]:
@@ -98,7 +86,7 @@ def cnf(part, out: Path) -> list[Path]:
                                                                     "n_seeds"])
     checks = C.claims(f4, f5)
     flows = part[part["flow"].isin(["planar", "cnf"])]
-    cost = C.cost_table(flows, C.convergence(cnf_records(flows))) if len(flows) else None
+    cost = C.cost_table(flows, C.convergence(load_records(flows, "train", ["loss"]))) if len(flows) else None
     outputs = [("cnf_fig4_loss", f4, lambda: C.fig4_markdown(f4, checks, budget, first("budget.kl_samples", dens), cost,
                                                            first("budget.kl_grid", dens))),
                ("cnf_fig5_nll", f5, lambda: C.fig5_markdown(f5, checks, budget, first("budget.test_size", mle), cost))]

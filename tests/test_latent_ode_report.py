@@ -10,7 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ndode.report.latent_ode import FLAT_TOL, READINGS, select_on_validation, table2, table2_markdown, verdicts
+from ndode.report.latent_ode import (FLAT_REL, READINGS, convergence, select_on_validation, table2, table2_markdown,
+                                     verdicts)
 
 SEEDS = range(5)
 
@@ -32,10 +33,9 @@ def _runs(spec: dict) -> pd.DataFrame:
             v = val[i] if isinstance(val, list) else val
             t = test[i] if isinstance(test, list) else test
             row = {"budget.name": "cpu", "model.name": model, "data.n_obs": n, "model.feed_prev": fp, "seed": i,
-                   "wall_time_s": 60.0, "run_dir": f"runs/{model}-{n}-{fp}-{i}"}
+                   "wall_time_s": 60.0, "run": f"{model}-{n}-{fp}-{i}", "run_dir": f"runs/{model}-{n}-{fp}-{i}"}
             for r in READINGS:
                 row[r.val], row[r.test] = v, t
-                row[f"{r.val}_change_last20"] = 0.01
                 if model == "latent_ode":
                     row[f"{r.test}_paper_tol"] = t + 0.001
             rows.append(row)
@@ -78,7 +78,7 @@ def test_the_variant_is_chosen_on_validation_never_on_test(runs):
 
 
 def test_table2_statistics_over_seeds(runs):
-    t = table2(runs)
+    t = table2(runs, _evals(runs))
     assert set(t["reading"]) == {r.key for r in READINGS}
     row = t[(t.reading == "b_clean") & (t.model == "latent_ode") & (t.n_obs == 30)].iloc[0]
     assert row.n_seeds == 5 and row["median"] == 0.14 and row["min"] == 0.10 and row["max"] == 0.50
@@ -115,16 +115,49 @@ def test_verdicts_per_n_and_at_every_n(runs):
     assert p.loc[50, "beats_median"] is None and p.loc["all", "beats_median"] is None and p.loc[30, "beats_median"]
 
 
-def test_convergence_flag_uses_the_worst_seed(runs):
+STEPS = np.arange(90, 4501, 90)  # the cpu budget's evaluations: ten in the last 20 %
+
+
+def _evals(runs: pd.DataFrame, curve=lambda run, step: 0.2) -> pd.DataFrame:
+    """Evaluation records of every run: each validation reading follows ``curve(run, step)``."""
+    rows = [{"run": run, "step": int(t), **{r.val: curve(run, t) for r in READINGS}}
+            for run in runs["run"] for t in STEPS]
+    return pd.DataFrame(rows)
+
+
+def test_convergence_tells_a_fall_from_noise_and_a_rise():
+    rng = np.random.default_rng(0)
     r = READINGS[-1]
-    bad = runs.copy()
-    bad.loc[(bad["model.name"] == "latent_ode") & (bad["seed"] == 3), f"{r.val}_change_last20"] = FLAT_TOL + 0.03
-    row = table2(bad).query("reading == 'b_clean' and model == 'latent_ode' and n_obs == 30").iloc[0]
-    assert no(row.flat) and row.val_change_last20 == pytest.approx(FLAT_TOL + 0.03)
+    curves = {
+        "flat": lambda t: 0.2,
+        "falling": lambda t: 0.2 * (1 + 0.5 * (1 - t / 4500)),  # 10 % lower over the tail: still improving
+        "noisy": lambda t: 0.2 * (1 + 0.05 * rng.standard_normal()),  # ±5 % around a level: converged
+        "rising": lambda t: 0.2 * (1 + t / 4500),  # overfitting: no longer improving
+        "small_fall": lambda t: 0.2 * (1 + 0.05 * (1 - t / 4500)),  # 1 % over the tail: within FLAT_REL
+    }
+    ev = pd.DataFrame([{"run": k, "step": int(t), r.val: f(t)} for k, f in curves.items() for t in STEPS])
+    c = convergence(ev, r).set_index("run")
+    assert yes(c.loc["flat", "flat"]) and yes(c.loc["noisy", "flat"]) and yes(c.loc["rising", "flat"])
+    assert yes(c.loc["small_fall", "flat"])
+    assert no(c.loc["falling", "flat"]) and c.loc["falling", "drop_rel"] > FLAT_REL
+    # a curve with no point in the window's second half: not measured
+    assert convergence(ev[ev.step <= 4000], r).set_index("run").loc["flat", "flat"] is not None
+    assert convergence(pd.DataFrame({"run": ["x"], "step": [10], r.val: [None]}), r)["flat"].item() is None
+
+
+def test_convergence_flag_uses_the_worst_seed(runs):
+    falling = "latent_ode-30-0.0-3"
+    ev = _evals(runs, lambda run, t: 0.2 * (1 + 0.5 * (1 - t / 4500)) if run == falling else 0.2)
+    row = table2(runs, ev).query("reading == 'b_clean' and model == 'latent_ode' and n_obs == 30").iloc[0]
+    assert no(row.flat) and row.flat_seeds == 4 and row.val_drop_last20 > FLAT_REL
+    ok = table2(runs, _evals(runs)).query("reading == 'b_clean' and model == 'latent_ode' and n_obs == 30").iloc[0]
+    assert yes(ok.flat) and ok.flat_seeds == 5
+    # without evaluation records: not measured, never "flat"
+    assert table2(runs).query("reading == 'b_clean'")["flat"].isna().all()
 
 
 def test_markdown_states_definitions_verdicts_and_choices(runs):
-    md = table2_markdown(table2(runs), noise_std=0.1, commit="abc1234")
+    md = table2_markdown(table2(runs, _evals(runs)), noise_std=0.1, commit="abc1234")
     for r in READINGS:
         assert r.title in md
     assert "0.1400 [0.1000–0.5000]" in md and "0.3937" in md and "abc1234" in md
@@ -132,6 +165,7 @@ def test_markdown_states_definitions_verdicts_and_choices(runs):
     assert "Latent ODE n = 50: no (4.66×)" in md
     assert "1.5e-8" in md and "| b_clean | 30 | 0.1400 | 0.1410 |" in md
     assert "| b_clean | RNN | 30 | 0.5 | 2 | 0.3000 |" in md  # the choice and what made it
+    assert "| b_clean | Latent ODE | 30 | 0.000 | 5/5 | yes |" in md  # the convergence check, per seed
 
 
 def test_records_without_the_readings_are_refused():

@@ -247,12 +247,11 @@ class LatentODETask(SpiralTask):
 
     def evaluate(self) -> dict:
         out = {}
-        for name, data in (("val", self.val), ("test", self.test)):
+        for name, data in self.eval_splits():
             pred, stats = self.model.predict(data, self.t, self.eval_solver)
             out.update({f"{name}_{k}": v for k, v in self.readings(data, pred).items()})
             if name == "test" and stats is not None:
                 out["nfe_eval"] = stats.nfe
-        self.record_val(out)
         return out
 
     # ---- after training: the paper's tolerance, and the arrays for Figures 8 and 9 (drawn by scripts/make_figures.py)

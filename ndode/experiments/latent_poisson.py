@@ -173,7 +173,7 @@ class PoissonTask(SpiralTask):
 
     def evaluate(self) -> dict:
         out = {}
-        for name, data in (("val", self.val), ("test", self.test)):
+        for name, data in self.eval_splits():
             sc = self.score(data)
             # the same scoring function as Table 2; the events carry no noisy grid values: the noise-free readings
             out.update({f"{name}_{k}": v for k, v in
@@ -196,7 +196,6 @@ class PoissonTask(SpiralTask):
                     test_homogeneous_rate_rel_l2=self._rel_l2(flat[:, :w], true_rate[:, :w]),
                     test_homogeneous_rate_rel_l2_future=self._rel_l2(flat[:, w:], true_rate[:, w:]),
                     homogeneous_rate=self.rate_homogeneous)
-        self.record_val(out)
         return out
 
     def summary(self, final_eval: dict, final_train: dict) -> dict:

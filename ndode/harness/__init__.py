@@ -35,7 +35,7 @@ from .signals import RunInterrupted
 from .task import RunContext, Task
 
 __all__ = [
-    "Task", "RunContext", "run_experiment", "load_runs",
+    "Task", "RunContext", "run_experiment", "load_runs", "load_records",
     "ExperimentConfig", "SolverConfig", "BudgetConfig", "LoggerConfig", "SolverMethod", "ConfigError",
     "Range", "ranged", "register_schema", "validate", "solver_kwargs", "to_plain", "run_name",
     "RunRecord", "RunRecordError", "RunError", "RunLockedError", "RecordWriteError", "CheckpointError",
@@ -45,8 +45,8 @@ __all__ = [
 
 
 def __getattr__(name):  # the collector pulls in pandas; training processes need not pay for it
-    if name == "load_runs":
-        from .collect import load_runs
+    if name in ("load_runs", "load_records"):
+        from . import collect
 
-        return load_runs
+        return getattr(collect, name)
     raise AttributeError(f"module 'ndode.harness' has no attribute {name!r}")

@@ -24,10 +24,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..io import flatten
+from ..io import flatten, read_jsonl
 from .record import RunRecord, RunRecordError
 
-__all__ = ["load_runs", "RUN_COLUMNS", "NON_RESULT_OPTIONS", "result_config", "config_id"]
+__all__ = ["load_runs", "load_records", "RUN_COLUMNS", "NON_RESULT_OPTIONS", "result_config", "config_id"]
 
 log = logging.getLogger("ndode.report")
 RUN_COLUMNS = ("run", "run_dir", "run_name", "status")
@@ -105,3 +105,17 @@ def load_runs(root: str | os.PathLike, finished_only: bool = True) -> pd.DataFra
     if not rows:
         return pd.DataFrame(columns=list(RUN_COLUMNS))
     return pd.DataFrame(rows).sort_values("run", kind="stable").reset_index(drop=True)
+
+
+def load_records(runs: pd.DataFrame, kind: str, columns: list[str], keys: tuple[str, ...] = ()) -> pd.DataFrame:
+    """The ``kind`` records (``train`` or ``eval``) of every run in ``runs`` (a :func:`load_runs` frame) from its
+    metrics.jsonl: one row per record with ``run``, ``step``, the run's ``keys`` columns and ``columns`` (None where
+    a record lacks one). A run without a metrics.jsonl gives no rows. What the learning curves and the convergence
+    checks read."""
+    recs = []
+    for _, r in runs.iterrows():
+        path = Path(r["run_dir"]) / "metrics.jsonl"
+        rows = [x for x in read_jsonl(path) if x.get("kind") == kind] if path.exists() else []
+        ids = {"run": r["run"], **{k: r.get(k) for k in keys}}
+        recs += [{**ids, "step": x["step"], **{c: x.get(c) for c in columns}} for x in rows]
+    return pd.DataFrame(recs, columns=["run", *keys, "step", *columns])

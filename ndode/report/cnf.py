@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from .convergence import FRACTION, is_flat, tail_trend
 from .tables import mean_std, mean_std_cell
 
 __all__ = ["TARGETS_SHOWN", "SIZES", "TIE_NATS", "fig4_table", "fig5_table", "toy_table", "verdict", "claims",
@@ -29,7 +30,7 @@ TOY_DATA = ("8gaussians", "checkerboard", "pinwheel", "2spirals", "rings")
 TARGETS_SHOWN = ("U1", "U3c", "U4c")
 SIZES = (2, 8, 32)  # K = M of the paper's Figure 4
 TIE_NATS = 0.01  # a difference below this is a tie whatever the seeds say (issue 24)
-FLAT_FRACTION = 0.2  # convergence: the training loss over the last 20 % of a run ...
+FLAT_FRACTION = FRACTION  # convergence: the training loss over the last 20 % of a run ...
 FLAT_NATS = 0.01  # ... falls by no more than this or 2 standard errors
 MODEL_LABELS = {"planar": "Planar flow", "cnf": "CNF"}
 DATA_LABELS = {"circles": "Two Circles", "moons": "Two Moons"}
@@ -149,25 +150,15 @@ def claims(fig4: pd.DataFrame, fig5: pd.DataFrame, sizes=SIZES) -> pd.DataFrame:
 
 
 def convergence(records: pd.DataFrame, frac: float = FLAT_FRACTION, tol: float = FLAT_NATS) -> pd.DataFrame:
-    """Is each run's training loss flat over its last ``frac`` of iterations?
+    """Is each run's training loss flat over its last ``frac`` of iterations (:mod:`ndode.report.convergence`: it
+    no longer falls by more than ``tol`` nats or 2 standard errors between the window's two halves)?
 
-    ``records``: the runs' ``kind == "train"`` records, columns ``run``, ``step``, ``loss`` (interval means). The
-    window ``step > (1 − frac)·S`` (S: the run's last step) is cut in two halves; ``drop`` is the mean loss of the
-    first half minus that of the second, ``se`` its standard error from the interval means' spread. ``flat`` when
-    drop ≤ max(tol, 2·se): the loss no longer falls by more than noise (a rise counts as flat: no longer improving).
+    ``records``: the runs' ``kind == "train"`` records, columns ``run``, ``step``, ``loss`` (interval means).
+    Returns ``run``, ``drop``, ``se``, ``flat``.
     """
-    rows = []
-    for run, g in records.groupby("run", sort=True):
-        g = g.dropna(subset=["loss"]).sort_values("step")
-        last = float(g["step"].max()) if len(g) else math.nan
-        lo, mid = (1 - frac) * last, (1 - frac / 2) * last
-        a = g[(g["step"] > lo) & (g["step"] <= mid)]["loss"].astype(float)
-        b = g[g["step"] > mid]["loss"].astype(float)
-        drop = float(a.mean() - b.mean()) if len(a) and len(b) else math.nan
-        se = math.sqrt(a.var(ddof=1) / len(a) + b.var(ddof=1) / len(b)) if len(a) > 1 and len(b) > 1 else math.nan
-        flat = bool(np.isfinite(drop) and (drop <= tol or (np.isfinite(se) and drop <= 2 * se)))
-        rows.append({"run": run, "drop": drop, "se": se, "flat": flat if np.isfinite(drop) else None})
-    return pd.DataFrame(rows, columns=["run", "drop", "se", "flat"])
+    t = tail_trend(records, "loss", frac)
+    t["flat"] = [is_flat(d, s, tol) for d, s in zip(t["drop"], t["se"])]
+    return t[["run", "drop", "se", "flat"]]
 
 
 def cost_table(runs: pd.DataFrame, conv: pd.DataFrame | None = None) -> pd.DataFrame:

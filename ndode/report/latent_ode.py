@@ -15,10 +15,11 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from .convergence import FRACTION, is_flat, tail_trend
 from .tables import mean_std, mean_std_cell, seed_table
 
-__all__ = ["PAPER_TABLE2", "MODEL_ORDER", "N_OBS", "READINGS", "VARIANT_KEYS", "WITHIN_FACTOR", "FLAT_TOL",
-           "select_on_validation", "table2", "verdicts", "table2_markdown", "figure8_runs", "plot_fig8", "plot_fig9",
+__all__ = ["PAPER_TABLE2", "MODEL_ORDER", "N_OBS", "READINGS", "VARIANT_KEYS", "WITHIN_FACTOR", "FLAT_REL",
+           "select_on_validation", "convergence", "table2", "verdicts", "table2_markdown", "figure8_runs", "plot_fig8", "plot_fig9",
            "plot_learning_curves", "POISSON_METRICS", "poisson_table", "poisson_markdown", "plot_fig7"]
 
 MODEL_ORDER = ("rnn", "rnn_dt", "latent_ode")
@@ -69,7 +70,9 @@ READINGS = (
 # without scheduled sampling. A run without the column (older records) counts as 0.
 VARIANT_KEYS = ("model.feed_prev",)
 WITHIN_FACTOR = 1.5  # "is each number within 1.5x of the paper's" (issue 23)
-FLAT_TOL = 0.05  # converged: the validation RMSE moved by at most 5% of its final value over the last 20% of training
+# converged (ndode.report.convergence): over the last 20 % of training the validation RMSE falls by no more than 2 % of
+# its final value, or 2 standard errors, between the window's two halves
+FLAT_REL = 0.02
 CW, CCW = "#d62728", "#1f77b4"
 TRUE, OBS, FIT, EXTRAP = "#9a9a9a", "#222222", "#1f77b4", "#ff7f0e"
 MODEL_COLORS = {"rnn": "#2ca02c", "rnn_dt": "#9467bd", "latent_ode": "#d62728"}
@@ -110,15 +113,29 @@ def select_on_validation(df: pd.DataFrame, reading: Reading) -> pd.DataFrame:
     return pd.concat(keep) if keep else df.iloc[:0]
 
 
-def table2(df: pd.DataFrame) -> pd.DataFrame:
+def convergence(evals: pd.DataFrame, reading: Reading, rel_tol: float = FLAT_REL) -> pd.DataFrame:
+    """Per run: is ``reading``'s validation RMSE flat over the last 20 % of training
+    (:func:`~ndode.report.convergence.tail_trend`, tolerance ``rel_tol`` × the final value)?
+
+    ``evals``: one row per evaluation, columns ``run``, ``step`` and the validation reading. Returns ``run``,
+    ``drop_rel`` and ``se_rel`` (the drop and its standard error over the final value) and ``flat``.
+    """
+    t = tail_trend(evals, reading.val)
+    t["drop_rel"], t["se_rel"] = t["drop"] / t["last"], t["se"] / t["last"]
+    t["flat"] = [is_flat(d, s, rel_tol) for d, s in zip(t["drop_rel"], t["se_rel"])]
+    return t[["run", "drop_rel", "se_rel", "flat"]]
+
+
+def table2(df: pd.DataFrame, evals: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per (budget, reading, model, n_obs): the validation-chosen variant's test RMSE over seeds.
 
     Columns: ``median``, ``min``, ``max``, ``mean``, ``std`` (sample) of the test reading; ``n_seeds``; the
     variant (``model.feed_prev``) and the number of candidates it was chosen from; ``val_median`` (what chose it);
     ``paper`` and ``ratio`` (median / paper) and ``within`` (paper / 1.5 <= median <= 1.5 · paper); ``*_paper_tol``:
-    the same test reading from the evaluation at the paper's rtol = atol = 1.5e-8 (latent ODE); ``val_change_last20``:
-    the largest, over seeds, relative movement of the validation reading over the last 20% of training, and ``flat``
-    (it is <= FLAT_TOL); ``wall_time_s_mean``.
+    the same test reading from the evaluation at the paper's rtol = atol = 1.5e-8 (latent ODE); from ``evals`` (the
+    runs' evaluation records: ``run``, ``step``, validation readings; None: not measured), :func:`convergence` over
+    the chosen variant's seeds: ``val_drop_last20`` (the largest relative drop), ``flat_seeds`` (how many are flat)
+    and ``flat`` (all of them); ``wall_time_s_mean``.
     """
     full = _with_variants(df)
     rows = []
@@ -131,8 +148,9 @@ def table2(df: pd.DataFrame) -> pd.DataFrame:
             paper = PAPER_TABLE2.get(model, {}).get(int(n), math.nan)
             med = float(v.median()) if len(v) else math.nan
             tol = _num(g[r.test + "_paper_tol"]) if r.test + "_paper_tol" in g else pd.Series(dtype=float)
-            change_col = f"{r.val}_change_last20"
-            change = _num(g[change_col]) if change_col in g else pd.Series(dtype=float)
+            conv = (convergence(evals[evals["run"].isin(set(g["run"]))], r) if evals is not None and "run" in g
+                    and r.val in evals else pd.DataFrame(columns=["run", "drop_rel", "flat"]))
+            measured = conv["flat"].dropna()
             rows.append(dict(
                 budget=budget, reading=r.key, model=model, n_obs=int(n), n_seeds=k, median=med,
                 min=float(v.min()) if k else math.nan, max=float(v.max()) if k else math.nan, mean=m, std=s,
@@ -143,11 +161,12 @@ def table2(df: pd.DataFrame) -> pd.DataFrame:
                 within=bool(paper / WITHIN_FACTOR <= med <= paper * WITHIN_FACTOR) if paper == paper and med == med
                 else None,
                 median_paper_tol=float(tol.median()) if len(tol) else math.nan,
-                val_change_last20=float(change.max()) if len(change) and len(change) == k else math.nan,
-                flat=bool(change.max() <= FLAT_TOL) if len(change) and len(change) == k else None,
+                val_drop_last20=float(conv["drop_rel"].max()) if len(measured) else math.nan,
+                flat_seeds=int(measured.astype(bool).sum()) if len(measured) else math.nan,
+                flat=bool(measured.astype(bool).all()) if len(measured) == k and k else None,
                 wall_time_s_mean=mean_std(g["wall_time_s"])[0] if "wall_time_s" in g else math.nan))
     cols = ["budget", "reading", "model", "n_obs", "n_seeds", "median", "min", "max", "mean", "std", *VARIANT_KEYS,
-            "n_candidates", "val_median", "paper", "ratio", "within", "median_paper_tol", "val_change_last20", "flat",
+            "n_candidates", "val_median", "paper", "ratio", "within", "median_paper_tol", "val_drop_last20", "flat_seeds", "flat",
             "wall_time_s_mean"]
     out = pd.DataFrame(rows, columns=cols)
     order = {m: i for i, m in enumerate(MODEL_ORDER)}
@@ -258,11 +277,15 @@ def table2_markdown(table: pd.DataFrame, noise_std: float | None = None, commit:
                       f"{r['n_candidates']} | {r['val_median']:.4f} |" for _, r in rnn.iterrows()]
             parts.append("\n".join(lines))
         conv = tb[tb["reading"].isin(["a_noisy", "b_clean"])]
-        lines = [f"**Convergence: the largest relative movement, over seeds, of the validation reading over the last "
-                 f"20% of training ((max − min) / final); flat if ≤ {FLAT_TOL:g}.**", "",
-                 "| reading | model | n | movement | flat |", "| --- | --- | ---: | ---: | --- |"]
+        lines = [f"**Convergence (`ndode.report.convergence`): over the last {FRACTION:.0%} of training, how much the "
+                 "validation reading falls between the window's two halves, relative to its final value (the largest "
+                 f"over seeds); a seed is flat when that drop is ≤ {FLAT_REL:g} or ≤ 2 standard errors (a rise is "
+                 "flat: no longer improving).**", "",
+                 "| reading | model | n | largest drop | flat seeds | flat |", "| --- | --- | ---: | ---: | ---: | --- |"]
         lines += [f"| {r['reading']} | {MODEL_LABELS.get(r['model'], r['model'])} | {r['n_obs']} | "
-                  f"{r['val_change_last20']:.3f} | {_yes(r['flat'])} |" for _, r in conv.iterrows()]
+                  f"{r['val_drop_last20']:.3f} | "
+                  + (f"{r['flat_seeds']:.0f}/{r['n_seeds']}" if r['flat_seeds'] == r['flat_seeds'] else "–")
+                  + f" | {_yes(r['flat'])} |" for _, r in conv.iterrows()]
         parts.append("\n".join(lines))
     return "\n\n".join(parts) + "\n"
 
