@@ -10,8 +10,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ndode.report.latent_ode import (FLAT_REL, READINGS, convergence, select_on_validation, table2, table2_markdown,
-                                     verdicts)
+from ndode.report.latent_ode import (
+    FLAT_REL,
+    READINGS,
+    convergence,
+    select_on_validation,
+    table2,
+    table2_markdown,
+    verdicts,
+)
 
 SEEDS = range(5)
 
