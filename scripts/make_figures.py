@@ -275,8 +275,8 @@ def main(argv=None) -> int:
     names = args.experiment or sorted(FIGURES)
     status = 0
     for budget in budgets:
-        out = Path(args.out) / budget if args.out and len(budgets) > 1 else Path(args.out) if args.out else \
-            output_root(None, args.publish, budget) / "figures"
+        root = output_root(args.out, args.publish, budget, several=len(budgets) > 1)
+        out = root if args.out else root / "figures"  # --out names the figures' own folder
         for name in names:
             try:
                 if args.publish:

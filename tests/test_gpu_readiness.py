@@ -116,3 +116,19 @@ def test_gpu_check_rehearsal_on_cpu(tmp_path):
     bench = list(csv.DictReader(open(tmp_path / "bench_cnf_step.csv")))
     assert all(int(r["host_reads"]) > 0 for r in bench)  # counted: one per attempted step and a few more
     assert "| 4 paper slice | ode_demo | yes |" in (tmp_path / "summary.md").read_text()
+
+
+@pytest.mark.parametrize("flag", [["--experiments", "ode_demo,mnistt"], ["--benchmarks", "cnf_stepp"]])
+def test_gpu_check_names_an_unknown_experiment_or_benchmark_before_any_work(tmp_path, flag):
+    """A typo in the one GPU run's command costs the device's time: it is refused before anything is installed or
+    written, with the known names."""
+    import subprocess
+    import sys
+
+    repo = pathlib.Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "scripts/gpu_check.py", "--device", "cpu", "--out", str(tmp_path / "o"),
+                           *flag], cwd=repo, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    bad = flag[1].split(",")[-1]
+    assert f"'{bad}'" in proc.stderr and "experiments: [" in proc.stderr and "benchmarks: [" in proc.stderr
+    assert not (tmp_path / "o").exists()  # nothing written
