@@ -283,7 +283,7 @@ def table2_markdown(table: pd.DataFrame, noise_std: float | None = None, commit:
                  "flat: no longer improving).**", "",
                  "| reading | model | n | largest drop | flat seeds | flat |", "| --- | --- | ---: | ---: | ---: | --- |"]
         lines += [f"| {r['reading']} | {MODEL_LABELS.get(r['model'], r['model'])} | {r['n_obs']} | "
-                  f"{r['val_drop_last20']:.3f} | "
+                  + (f"{r['val_drop_last20']:.3f}" if r['val_drop_last20'] == r['val_drop_last20'] else "–") + " | "
                   + (f"{r['flat_seeds']:.0f}/{r['n_seeds']}" if r['flat_seeds'] == r['flat_seeds'] else "–")
                   + f" | {_yes(r['flat'])} |" for _, r in conv.iterrows()]
         parts.append("\n".join(lines))
@@ -391,30 +391,34 @@ def plot_fig9(latent: dict, title: str | None = None) -> Figure:
 
 
 def plot_learning_curves(evals: pd.DataFrame, steps: int, title: str | None = None) -> Figure:
-    """Validation RMSE against training iteration, readings (a) against noisy points (top) and (b) (bottom), one
-    column per n_obs: per model and variant, the median over seeds (line) and their range (band); the last 20% of
-    training, where Table 2 asks the curve to be flat, shaded.
+    """Validation RMSE against training iteration, readings (a) against noisy points and (b), one column per n_obs:
+    per model and variant, the median over seeds (line) and their range (band). For each reading a row over the
+    whole run (log scale) and a row over its last 30 % (linear), the last 20 %, where Table 2 asks the curve to be
+    flat (``ndode.report.convergence``), shaded in both.
 
     ``evals``: one row per evaluation of a run, columns ``model``, ``n_obs``, ``model.feed_prev``, ``seed``,
     ``step`` and the validation readings (``val_rmse_window_noisy``, ``val_rmse_extrap_clean``).
     """
-    rows = [r for r in READINGS if r.key in ("a_noisy", "b_clean")]
+    rows = [(r, zoom) for r in READINGS if r.key in ("a_noisy", "b_clean") for zoom in (False, True)]
     ns = sorted(evals["n_obs"].unique())
-    fig = Figure(figsize=(4.2 * len(ns), 3.4 * len(rows)))
+    fig = Figure(figsize=(4.2 * len(ns), 3.0 * len(rows)))
     axes = fig.subplots(len(rows), len(ns), squeeze=False)
-    for i, reading in enumerate(rows):
+    for i, (reading, zoom) in enumerate(rows):
         for j, n in enumerate(ns):
             ax = axes[i, j]
-            ax.axvspan((1 - 0.2) * steps, steps, color="#eeeeee", zorder=0)
+            ax.axvspan((1 - FRACTION) * steps, steps, color="#eeeeee", zorder=0)
             sub = evals[evals["n_obs"] == n]
+            if zoom:
+                sub = sub[sub["step"] >= (1 - 1.5 * FRACTION) * steps]
             for (model, fp), g in sub.groupby(["model", "model.feed_prev"], sort=False):
                 curve = g.groupby("step")[reading.val].agg(["median", "min", "max"]).sort_index()
                 color = MODEL_COLORS.get(model, "#444444")
                 label = MODEL_LABELS.get(model, model) + (f", feed_prev {fp:g}" if model in RNNS else "")
                 ax.plot(curve.index, curve["median"], "-" if fp == 0 else "--", color=color, lw=1.3, label=label)
                 ax.fill_between(curve.index, curve["min"], curve["max"], color=color, alpha=0.15, lw=0)
-            ax.set_yscale("log")
-            ax.set_title(f"n = {n}: reading {reading.key}", fontsize=9)
+            if not zoom:
+                ax.set_yscale("log")
+            ax.set_title(f"n = {n}: reading {reading.key}" + (", last 30 %" if zoom else ""), fontsize=9)
             ax.set_xlabel("iteration", fontsize=8)
             ax.tick_params(labelsize=7)
             if j == 0:
@@ -423,7 +427,7 @@ def plot_learning_curves(evals: pd.DataFrame, steps: int, title: str | None = No
     fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 5), fontsize=8, bbox_to_anchor=(0.5, -0.02))
     fig.suptitle(title or "Learning curves: validation RMSE (median over seeds, band: range); shaded: the last 20% "
                  "of training", fontsize=10)
-    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
     return fig
 
 
