@@ -134,6 +134,7 @@ def test_figures_8_and_9_name_their_budget(smoke_runs, tmp_path, monkeypatch):
 @pytest.mark.parametrize("override, option", [
     ("data.n_obs=101", "data.n_obs"), ("data.n_obs=0", "data.n_obs"), ("data.noise_std=0", "data.noise_std"),
     ("data.noise_std=-0.5", "data.noise_std"), ("model.obs_std=0", "model.obs_std"), ("budget.lr_final=1", "lr_final"),
+    ("budget.decay_until=0", "budget.decay_until"), ("budget.decay_until=1.5", "budget.decay_until"),
     ("model.feed_prev=0.5", "model.feed_prev=0.5: scheduled sampling is for model=rnn|rnn_dt"),
     ("model.feed_prev=1.5", "model.feed_prev"),
 ])
@@ -142,6 +143,20 @@ def test_bad_values_fail_before_any_work_naming_the_option(override, option, tmp
     with pytest.raises(ConfigError, match=option.replace(".", r"\.").replace("|", r"\|")):
         run_experiment(cfg, latent.LatentODETask, run_dir=tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_the_cosine_ends_at_decay_until_and_holds_the_final_rate():
+    """The cpu budget's schedule: the cosine from lr reaches lr_final at 80 % of the run and stays there, so the
+    last 20 % (the convergence check's window) is all at the final rate."""
+    from ndode.experiments._latent import cosine_factor
+
+    b = compose_latent("budget=cpu").budget
+    assert b.decay_until == 0.8 and b.lr_final < b.lr
+    rate = cosine_factor(b)
+    end = int(0.8 * b.steps)
+    assert rate(0) * b.lr == pytest.approx(b.lr) and rate(end // 2) * b.lr == pytest.approx((b.lr + b.lr_final) / 2)
+    assert [rate(s) * b.lr for s in range(end, b.steps + 1)] == pytest.approx([b.lr_final] * (b.steps + 1 - end))
+    assert rate(end - 100) * b.lr > 1.01 * b.lr_final  # still decaying just before the window
 
 
 def test_rnn_needs_two_observations(tmp_path):

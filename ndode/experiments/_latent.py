@@ -64,6 +64,13 @@ class LatentBudget(BudgetConfig):
                               f"0 < lr_final <= lr")
 
 
+def cosine_factor(b: LatentBudget):
+    """The learning rate's factor at iteration ``s``: a cosine from 1 to ``lr_final / lr`` over the first
+    ``decay_until`` of the run's ``steps``, held at ``lr_final / lr`` after."""
+    ratio, end = b.lr_final / b.lr, b.decay_until * b.steps
+    return lambda s: ratio + (1 - ratio) * 0.5 * (1 + math.cos(math.pi * min(s / end, 1.0)))
+
+
 class SpiralTask(Task):
     """One model trained with Adam (cosine decay to ``budget.lr_final``) on train/val/test splits of spirals.
 
@@ -85,10 +92,7 @@ class SpiralTask(Task):
         self.model = self.build_model(cfg.model).to(self.device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=b.lr)
         if b.lr_final < b.lr:
-            ratio = b.lr_final / b.lr
-            self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-                self.optimizer,
-                lambda s: ratio + (1 - ratio) * 0.5 * (1 + math.cos(math.pi * min(s / (b.decay_until * b.steps), 1.0))))
+            self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, cosine_factor(b))
         self.solver = solver_kwargs(cfg.solver)
         # evaluations and figures solve without the adjoint: no backward pass follows them
         self.eval_solver = {**self.solver, "adjoint": None}
