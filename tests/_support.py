@@ -6,6 +6,7 @@ Experiments are imported as the modules they are (``from ndode.experiments impor
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import json
 from pathlib import Path
@@ -19,8 +20,16 @@ def compose_config(name: str, *overrides: str, hydra: bool = False):
     node, the run directory and launcher, as a job of the command line gets it)."""
     from hydra import compose, initialize_config_dir
 
+    register_schema_of(name)
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
         return compose(name, overrides=list(overrides), return_hydra_config=hydra)
+
+
+def register_schema_of(name: str) -> None:
+    """Import the experiment behind ``configs/<name>.yaml`` (its module registers the typed schema the config's
+    defaults name), so a test composes it whichever test modules ran before."""
+    if importlib.util.find_spec(f"ndode.experiments.{name}") is not None:
+        importlib.import_module(f"ndode.experiments.{name}")
 
 
 def compose_demo(*overrides: str):

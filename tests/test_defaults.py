@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
@@ -13,14 +14,14 @@ import pytest
 import torch
 
 pytest.importorskip("hydra")
-from _support import CONFIGS, compose_config  # noqa: E402
+from _support import CONFIGS, compose_config, register_schema_of  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 from omegaconf import open_dict  # noqa: E402
 
 from ndode.experiments import ode_demo  # noqa: E402
 from ndode.harness import resolve_device, run_experiment  # noqa: E402
 from ndode.harness.config import auto_budget  # noqa: E402
-from ndode.harness.plan import expand_sweep, print_plan  # noqa: E402
+from ndode.harness.plan import expand_sweep, plan_runs, print_plan  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SHORT = ["budget.steps=5", "budget.refine_steps=1"]
@@ -87,6 +88,7 @@ def test_resolved_budget_and_device_are_printed_and_recorded(tmp_path, caplog):
 
 
 def _plan(name, overrides, jobs=2, requested="auto"):
+    register_schema_of(name)
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
         return print_plan(name, overrides, jobs,
                           lambda job: compose(name, overrides=list(job), return_hydra_config=True), requested)
@@ -197,3 +199,41 @@ def test_plan_ignores_paces_measured_on_another_device(tmp_path):
     (measured / "config.yaml").write_text("device: cuda:0\n")
     text = _plan("ode_demo", [*SHORT, "seed=1", f"run_root={tmp_path}"], jobs=1)
     assert "measured" not in text and "estimate: unknown" in text
+
+
+def test_plan_counts_only_measurements_of_the_same_configuration(tmp_path, monkeypatch):
+    """A record or a summary row with the planned run's name but another configuration (made before a budget file
+    changed) says nothing about its pace: the plan computes the run's config_id as the collector does and skips
+    the others (the latent-ODE plan once printed ~6.2 h for a 68-min grid from full-batch records)."""
+    _no_cuda()
+    from ndode.harness import load_runs
+
+    cfg = hydra_compose("ode_demo", *SHORT, f"run_root={tmp_path}", "quiet=true", "seed=0")
+    run_dir = Path(cfg.hydra.run.dir)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    run_experiment(cfg, ode_demo.ODEDemoTask, run_dir=run_dir)
+    recorded = load_runs(tmp_path).iloc[0]
+    # the same name, another configuration: its record must not time the planned seed 1
+    other = run_dir.parent / run_dir.name.replace("seed=0", "seed=2")
+    shutil.copytree(run_dir, other)
+    (other / "done").unlink()
+    text = (other / "config.yaml").read_text()
+    (other / "config.yaml").write_text(text.replace("lr: ", "lr: 0.5 #", 1))
+    (other / "metrics.jsonl").write_text('{"step": 5, "kind": "train", "time_s": 5000.0}\n')
+    shutil.rmtree(run_dir)  # only the other configuration's record is left on disk
+    summary = tmp_path / "summary"
+    summary.mkdir()
+    row = {k: recorded[k] for k in ("run", "budget.name", "config_id")}
+    with open(summary / "ode_demo.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=[*row, "steps", "wall_time_s", "device"])
+        w.writeheader()
+        w.writerow({**row, "steps": 5, "wall_time_s": 20.0, "device": "cpu"})  # this configuration: 4 s per step
+        w.writerow({**row, "config_id": "0123456789", "steps": 5, "wall_time_s": 9000.0, "device": "cpu"})
+    monkeypatch.chdir(tmp_path)
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        runs = plan_runs("ode_demo", [[*SHORT, f"run_root={tmp_path}", "quiet=true", "seed=1"]],
+                         lambda job: compose("ode_demo", overrides=list(job), return_hydra_config=True),
+                         summary_dir=summary)
+    assert runs[0].config_id == recorded["config_id"]  # the plan's id is the collector's
+    assert runs[0].seconds == pytest.approx(20.0) and "README figures" in runs[0].source

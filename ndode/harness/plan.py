@@ -12,6 +12,12 @@ first source that has it, and the line says which:
    (``results/summary/<experiment>.csv``: ``wall_time_s`` over the steps of
    the same overrides at the same budget; never another budget's runs);
 
+   both count only runs of the planned run's configuration (its ``config_id``,
+   :func:`ndode.harness.collect.config_id`: everything but the seed and the
+   options that cannot change a result): a record of the same name made
+   before a budget file changed (another batch size, schedule or model)
+   says nothing about this run's pace;
+
    a measured pace counts only on the same kind of device (CPU or CUDA) as the planned run;
 3. none: the run is new and nothing comparable was measured.
 
@@ -47,6 +53,7 @@ class PlannedRun:
     seconds: float | None  # the estimate for this run (0 when it is finished and will be skipped)
     source: str  # where the estimate comes from
     state: str = "new"  # new | finished (skipped) | resumes
+    config_id: str | None = None  # what a measurement must match to count (None: not compared)
 
 
 def _key(name: str) -> str:
@@ -70,11 +77,42 @@ def _same_device(recorded: str | None, planned: str) -> bool:
     return recorded.split(":")[0] == planned.split(":")[0]
 
 
+def _same_config(recorded: str | None, planned: str | None) -> bool:
+    """Both ids known: they must be equal; either unknown (an older summary without the column): assume so."""
+    return not recorded or not planned or recorded == planned
+
+
 def _record_device(run_dir: Path) -> str | None:
     try:
         import yaml
 
         return (yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")) or {}).get("device")
+    except (OSError, ValueError):
+        return None
+
+
+def _config_id(config) -> str | None:
+    """The ``config_id`` of a resolved config (a composed one without its ``hydra`` node, or a record's
+    config.yaml as a dict), as the collector computes it; None if it cannot be resolved."""
+    try:
+        from omegaconf import DictConfig, OmegaConf
+
+        from ..io import flatten
+        from .collect import config_id
+        from .config import to_plain
+
+        if isinstance(config, DictConfig):
+            config = to_plain(OmegaConf.masked_copy(config, [k for k in config.keys() if k != "hydra"]))
+        return config_id(flatten(config))
+    except Exception:  # an unresolvable config: no id, so no comparison (the plan must never stop a sweep)
+        return None
+
+
+def _record_config_id(run_dir: Path) -> str | None:
+    try:
+        import yaml
+
+        return _config_id(yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")) or {})
     except (OSError, ValueError):
         return None
 
@@ -108,7 +146,8 @@ def plan_runs(experiment: str, jobs: list[list[str]], compose: Callable[[list[st
         run_dir = Path(cfg.hydra.sweep.dir) / str(cfg.hydra.sweep.subdir)
         b = cfg.budget
         run = PlannedRun(name=run_dir.name, run_dir=run_dir, budget=str(b.name), steps=int(b.steps), unit=str(b.unit),
-                         device=str(resolve_device(cfg.device)), seconds=None, source="no measurement yet")
+                         device=str(resolve_device(cfg.device)), seconds=None, source="no measurement yet",
+                         config_id=_config_id(cfg))
         _estimate(run, rows, table, job, compose)
         out.append(run)
     return out
@@ -128,7 +167,8 @@ def _estimate(run: PlannedRun, rows: list[dict], table: Path, job: list[str], co
     if siblings.is_dir():
         for other in sorted(siblings.iterdir()):
             if (other != run.run_dir and _key(other.name) == _key(run.name)
-                    and _same_device(_record_device(other), run.device)):
+                    and _same_device(_record_device(other), run.device)
+                    and _same_config(_record_config_id(other), run.config_id)):
                 pace = _record_pace(other)
                 if pace:
                     run.seconds, run.source = pace[0] * run.steps, f"measured: {other}"
@@ -136,7 +176,8 @@ def _estimate(run: PlannedRun, rows: list[dict], table: Path, job: list[str], co
     # only runs of the budget being planned: another budget's runs differ in more than their length (a smoke
     # run's units are on tiny data), so their pace says nothing about this one's
     rows = [r for r in rows if _same_device(r.get("device"), run.device) and r.get("budget.name") == run.budget]
-    same = [r for r in rows if _key(Path(r.get("run") or r.get("run_name", "")).name) == _key(run.name)]
+    same = [r for r in rows if _key(Path(r.get("run") or r.get("run_name", "")).name) == _key(run.name)
+            and _same_config(r.get("config_id"), run.config_id)]
     paces = []
     for r in same:
         try:
