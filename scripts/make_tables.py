@@ -40,8 +40,15 @@ from ndode.report.tables import TABLES, markdown_table, runs_table, seed_table, 
 def _summary(part, out: Path, name: str, drop_prefixes=("logger.",), drop=("run_root", "quiet")) -> Path:
     """results/summary/<name>.csv: one row per run, without the columns that say nothing about the result."""
     keep = [c for c in part.columns if not c.startswith(drop_prefixes) and c not in drop and c != "config_json"]
+    table = part[keep].copy()
+    # the runs of every experiment load into one frame, so an integer option another experiment lacks arrives as
+    # float (100 -> 100.0): write such a column as the integers the records hold
+    for c in table.columns:
+        col = table[c]
+        if col.dtype.kind == "f" and col.notna().all() and (col == col.round()).all():
+            table[c] = col.astype("int64")
     path = out / "summary" / f"{name}.csv"
-    atomic_write_text(path, part[keep].to_csv(index=False))
+    atomic_write_text(path, table.to_csv(index=False))
     return path
 
 

@@ -220,3 +220,14 @@ def test_mean_std_is_the_one_statistic_of_every_table():
     from ndode.report import cnf, latent_ode, mnist, tables
     for mod in (cnf, latent_ode, mnist, tables):
         assert mod.mean_std is mean_std
+
+
+def test_summary_writes_the_integers_the_records_hold(tmp_path):
+    """All experiments' runs load into one frame, so an integer option that another experiment lacks arrives as
+    float; the summary CSV writes it back as the integer it was (100, not 100.0), and leaves true floats alone."""
+    part = pd.DataFrame({"run": ["a", "b"], "budget.batch_size": [100.0, 100.0], "lr": [0.01, 0.5],
+                         "nfe": [12.0, float("nan")]})
+    (tmp_path / "summary").mkdir()
+    path = load_script("make_tables")._summary(part, tmp_path, "x")
+    lines = path.read_text().splitlines()
+    assert lines[1] == "a,100,0.01,12.0" and lines[2] == "b,100,0.5,"
