@@ -30,8 +30,7 @@ TOY_DATA = ("8gaussians", "checkerboard", "pinwheel", "2spirals", "rings")
 TARGETS_SHOWN = ("U1", "U3c", "U4c")
 SIZES = (2, 8, 32)  # K = M of the paper's Figure 4
 TIE_NATS = 0.01  # a difference below this is a tie whatever the seeds say (issue 24)
-FLAT_FRACTION = FRACTION  # convergence: the training loss over the last 20 % of a run ...
-FLAT_NATS = 0.01  # ... falls by no more than this or 2 standard errors
+FLAT_NATS = 0.01  # convergence: over the last 20 % (FRACTION) the loss falls by no more than this or 2 se
 MODEL_LABELS = {"planar": "Planar flow", "cnf": "CNF"}
 DATA_LABELS = {"circles": "Two Circles", "moons": "Two Moons"}
 FIG4_METRICS = {"kl": "kl", "kl_fwd": "kl_fwd", "mass_out": "mass_out"}
@@ -149,7 +148,7 @@ def claims(fig4: pd.DataFrame, fig5: pd.DataFrame, sizes=SIZES) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["claim", "planar", "cnf", "n_planar", "n_cnf", "diff", "se", "verdict"])
 
 
-def convergence(records: pd.DataFrame, frac: float = FLAT_FRACTION, tol: float = FLAT_NATS) -> pd.DataFrame:
+def convergence(records: pd.DataFrame, frac: float = FRACTION, tol: float = FLAT_NATS) -> pd.DataFrame:
     """Is each run's training loss flat over its last ``frac`` of iterations (:mod:`ndode.report.convergence`: it
     no longer falls by more than ``tol`` nats or 2 standard errors between the window's two halves)?
 
@@ -446,7 +445,7 @@ def plot_curves(records: pd.DataFrame, rows: list, cols: list, title: str = "",
         for j, col in enumerate(cols):
             ax = axes[i, j]
             g = records[(records["row"] == row) & (records["col"] == col)]
-            ax.axvspan(1 - FLAT_FRACTION, 1.0, color="#bbbbbb", alpha=0.3, lw=0)
+            ax.axvspan(1 - FRACTION, 1.0, color="#bbbbbb", alpha=0.3, lw=0)
             seen = set()
             for (model, _run), r in g.groupby(["model", "run"], sort=True):
                 r = r.sort_values("step")

@@ -19,8 +19,8 @@ from .convergence import FRACTION, is_flat, tail_trend
 from .tables import mean_std, mean_std_cell, seed_table
 
 __all__ = ["PAPER_TABLE2", "MODEL_ORDER", "N_OBS", "READINGS", "VARIANT_KEYS", "WITHIN_FACTOR", "FLAT_REL",
-           "select_on_validation", "convergence", "table2", "verdicts", "table2_markdown", "figure8_runs", "plot_fig8", "plot_fig9",
-           "plot_learning_curves", "POISSON_METRICS", "poisson_table", "poisson_markdown", "plot_fig7"]
+           "select_on_validation", "convergence", "table2", "verdicts", "table2_markdown", "figure8_runs", "plot_fig8",
+           "plot_fig9", "plot_learning_curves", "POISSON_METRICS", "poisson_table", "poisson_markdown", "plot_fig7"]
 
 MODEL_ORDER = ("rnn", "rnn_dt", "latent_ode")
 MODEL_LABELS = {"rnn": "RNN", "rnn_dt": "RNN + time gaps", "latent_ode": "Latent ODE"}
@@ -140,6 +140,9 @@ def table2(df: pd.DataFrame, evals: pd.DataFrame | None = None) -> pd.DataFrame:
     full = _with_variants(df)
     rows = []
     for r in READINGS:
+        # every run's check once per reading; each cell reads its seeds' rows
+        conv_all = (convergence(evals, r).set_index("run") if evals is not None and r.val in evals
+                    else pd.DataFrame(columns=["drop_rel", "flat"]))
         chosen = select_on_validation(full, r)
         for (budget, model, n), g in chosen.groupby(["budget.name", "model.name", "data.n_obs"], sort=False):
             cand = full[(full["budget.name"] == budget) & (full["model.name"] == model) & (full["data.n_obs"] == n)]
@@ -148,8 +151,7 @@ def table2(df: pd.DataFrame, evals: pd.DataFrame | None = None) -> pd.DataFrame:
             paper = PAPER_TABLE2.get(model, {}).get(int(n), math.nan)
             med = float(v.median()) if len(v) else math.nan
             tol = _num(g[r.test + "_paper_tol"]) if r.test + "_paper_tol" in g else pd.Series(dtype=float)
-            conv = (convergence(evals[evals["run"].isin(set(g["run"]))], r) if evals is not None and "run" in g
-                    and r.val in evals else pd.DataFrame(columns=["run", "drop_rel", "flat"]))
+            conv = conv_all[conv_all.index.isin(set(g["run"]))] if "run" in g else conv_all.iloc[:0]
             measured = conv["flat"].dropna()
             rows.append(dict(
                 budget=budget, reading=r.key, model=model, n_obs=int(n), n_seeds=k, median=med,
