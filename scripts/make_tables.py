@@ -27,6 +27,7 @@ from pathlib import Path
 import pandas as pd
 
 from ndode.harness import atomic_write_text, load_records, load_runs
+from ndode.harness.collect import RUN_COLUMNS
 from ndode.harness.config import auto_budget
 from ndode.report import cnf as C
 from ndode.report.dashboard import publish_summaries
@@ -40,6 +41,9 @@ from ndode.report.tables import TABLES, markdown_table, runs_table, seed_table, 
 def _summary(part, out: Path, name: str, drop_prefixes=("logger.",), drop=("run_root", "quiet")) -> Path:
     """results/summary/<name>.csv: one row per run, without the columns that say nothing about the result."""
     keep = [c for c in part.columns if not c.startswith(drop_prefixes) and c not in drop and c != "config_json"]
+    # the record columns first, then the rest by name: the frame's own column order depends on which other
+    # experiments' runs were loaded with this one, and a republished summary must not reorder with them
+    keep = [c for c in RUN_COLUMNS if c in keep] + sorted(c for c in keep if c not in RUN_COLUMNS)
     table = part[keep].copy()
     # the runs of every experiment load into one frame, so an integer option another experiment lacks arrives as
     # float (100 -> 100.0): write such a column as the integers the records hold

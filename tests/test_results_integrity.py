@@ -230,4 +230,19 @@ def test_summary_writes_the_integers_the_records_hold(tmp_path):
     (tmp_path / "summary").mkdir()
     path = load_script("make_tables")._summary(part, tmp_path, "x")
     lines = path.read_text().splitlines()
+    assert lines[0] == "run,budget.batch_size,lr,nfe"
     assert lines[1] == "a,100,0.01,12.0" and lines[2] == "b,100,0.5,"
+
+
+def test_summary_columns_do_not_depend_on_the_other_experiments_loaded(tmp_path):
+    """The collector's frame orders its columns by first appearance over every experiment's runs; the summary CSV
+    of one experiment must come out the same whichever others were loaded beside it."""
+    alone = pd.DataFrame({"run": ["a"], "status": ["done"], "seed": [0], "lr": [0.1], "nfe": [3]})
+    beside = alone[["nfe", "run", "lr", "status", "seed"]]  # another experiment's runs put nfe first
+    make_tables = load_script("make_tables")
+    texts = []
+    for i, part in enumerate((alone, beside)):
+        (tmp_path / str(i) / "summary").mkdir(parents=True)
+        texts.append(make_tables._summary(part, tmp_path / str(i), "x").read_text())
+    assert texts[0] == texts[1]
+    assert texts[0].splitlines()[0] == "run,status,lr,nfe,seed"
