@@ -112,7 +112,7 @@ def cnf(runs: Path, out: Path, run: str | None, budget: str | None = None) -> li
     """Figures 4 and 5 and the FFJORD toy grid, from every finished cnf run at ``budget`` (default cpu)."""
     import pandas as pd
 
-    from ndode.harness import load_runs
+    from ndode.harness import load_records, load_runs
     from ndode.report import cnf as C
     from ndode.report.tables import tabulable
 
@@ -143,14 +143,13 @@ def cnf(runs: Path, out: Path, run: str | None, budget: str | None = None) -> li
 
     def curves(rows, row, col, metric):
         """Train-loss and validation records of ``rows`` for plot_curves (panel row/col from each run)."""
-        recs = []
-        for _, r in rows.iterrows():
-            for x in read_jsonl(Path(r["run_dir"]) / "metrics.jsonl"):
-                kind, value = x.get("kind"), x.get("loss") if x.get("kind") == "train" else x.get(metric)
-                if kind in ("train", "eval") and value is not None:
-                    recs.append({"row": row(r), "col": col(r), "model": r["flow"], "run": r["run"], "kind": kind,
-                                 "step": x["step"], "steps": r["steps"], "value": value})
-        return pd.DataFrame(recs, columns=["row", "col", "model", "run", "kind", "step", "steps", "value"])
+        rows = rows.assign(row=[row(r) for _, r in rows.iterrows()], col=[col(r) for _, r in rows.iterrows()],
+                           model=rows["flow"])
+        keys = ("row", "col", "model", "steps")
+        parts = [load_records(rows, kind, [value], keys).rename(columns={value: "value"}).assign(kind=kind)
+                 for kind, value in (("train", "loss"), ("eval", metric))]
+        rec = pd.concat(parts, ignore_index=True).dropna(subset=["value"])
+        return rec[["row", "col", "model", "run", "kind", "step", "steps", "value"]]
 
     paths = []
     dens = df[(df["task"] == "density") & df["flow"].isin(["planar", "cnf"])]
@@ -180,12 +179,9 @@ def cnf(runs: Path, out: Path, run: str | None, budget: str | None = None) -> li
     toys = df[df["flow"] == "ffjord"]
     if len(toys):
         a = arrays(toys, lambda r: r["data"])
-        recs = []
-        for _, r in toys.drop_duplicates("data").iterrows():
-            records = read_jsonl(Path(r["run_dir"]) / "metrics.jsonl")
-            rec = pd.DataFrame([x for x in records if x.get("kind") == "train"])
-            recs.append(rec.assign(dataset=r["data"]))
-        fig = C.plot_toy(a, pd.concat(recs), C.toy_table(df), title=f"FFJORD toy densities, budget={budget}")
+        rec = load_records(toys.drop_duplicates("data"), "train", ["nfe_forward", "nfe_backward"], ("data",))
+        fig = C.plot_toy(a, rec.rename(columns={"data": "dataset"}), C.toy_table(df),
+                         title=f"FFJORD toy densities, budget={budget}")
         paths.append(save_figure(fig, out / "cnf_toy.png"))
     return paths
 

@@ -365,3 +365,33 @@ def test_selection_command_line_refuses_what_it_cannot_do(tmp_path, capsys):
     assert "never published" in capsys.readouterr().err
     assert select.main(["--budget", "smoke", "sweep", "mle_cnf"]) == 0
     assert capsys.readouterr().out.splitlines()[0].startswith("data=moons size=8 flow=cnf seed=100 optim=adam")
+
+
+@pytest.mark.slow
+def test_make_figures_draws_figure4_its_curves_and_the_toys_from_smoke_runs(tmp_path, monkeypatch):
+    """scripts/make_figures.py's cnf figures from real records: Figure 4 with its learning curves (train loss and
+    validation KL read from each run's metrics.jsonl) and the toy grid with its NFE curves."""
+    seen = {}
+    for name in ("plot_curves", "plot_toy"):
+        real = getattr(C, name)
+        monkeypatch.setattr(C, name, lambda *a, _real=real, _name=name, **k: seen.setdefault(_name, a) and _real(*a, **k))
+    runs = tmp_path / "runs"
+    for data, flow, size in (("U1", "planar", 2), ("U1", "cnf", 2), ("pinwheel", "ffjord", 8)):
+        cfg = compose_cnf(f"data={data}", f"flow={flow}", f"size={size}")
+        run_experiment(cfg, cnf.CNFTask, run_dir=runs / "cnf" / f"budget=smoke,data={data},flow={flow},size={size},seed=0")
+    out = tmp_path / "figures"
+    assert load_script("make_figures").main(["--runs", str(runs), "--out", str(out), "--budget", "smoke",
+                                             "--experiment", "cnf"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["cnf_fig4.png", "cnf_fig4_curves.png", "cnf_toy.png"]
+    def logged(flow, kind, key):  # what the run's metrics.jsonl holds
+        d = runs / "cnf" / f"budget=smoke,data=U1,flow={flow},size=2,seed=0"
+        return [r[key] for r in read_jsonl(d / "metrics.jsonl") if r.get("kind") == kind and key in r]
+
+    curves = seen["plot_curves"][0]  # every training loss and validation KL of both U1 runs, none else
+    for flow in ("planar", "cnf"):
+        for kind, key in (("train", "loss"), ("eval", "kl_val")):
+            got = curves[(curves["model"] == flow) & (curves["kind"] == kind)]["value"].tolist()
+            assert got == logged(flow, kind, key) and len(got) >= (2 if kind == "train" else 1)
+    assert set(curves["row"]) == {"U1"} and curves.groupby("model")["steps"].nunique().eq(1).all()
+    toy = seen["plot_toy"][1]
+    assert set(toy["dataset"]) == {"pinwheel"} and len(toy) >= 2 and (toy["nfe_forward"] > 0).all()
