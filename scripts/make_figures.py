@@ -143,8 +143,7 @@ def cnf(runs: Path, out: Path, run: str | None, budget: str | None = None) -> li
 
     def curves(rows, row, col, metric):
         """Train-loss and validation records of ``rows`` for plot_curves (panel row/col from each run)."""
-        rows = rows.assign(row=[row(r) for _, r in rows.iterrows()], col=[col(r) for _, r in rows.iterrows()],
-                           model=rows["flow"])
+        rows = rows.assign(row=rows.apply(row, axis=1), col=rows.apply(col, axis=1), model=rows["flow"])
         keys = ("row", "col", "model", "steps")
         parts = [load_records(rows, kind, [value], keys).rename(columns={value: "value"}).assign(kind=kind)
                  for kind, value in (("train", "loss"), ("eval", metric))]

@@ -372,9 +372,17 @@ def test_make_figures_draws_figure4_its_curves_and_the_toys_from_smoke_runs(tmp_
     """scripts/make_figures.py's cnf figures from real records: Figure 4 with its learning curves (train loss and
     validation KL read from each run's metrics.jsonl) and the toy grid with its NFE curves."""
     seen = {}
-    for name in ("plot_curves", "plot_toy"):
+
+    def spy(name):  # records the plot function's arguments, then draws as usual
         real = getattr(C, name)
-        monkeypatch.setattr(C, name, lambda *a, _real=real, _name=name, **k: seen.setdefault(_name, a) and _real(*a, **k))
+
+        def plot(*args, **kwargs):
+            seen[name] = args
+            return real(*args, **kwargs)
+        return plot
+
+    for name in ("plot_curves", "plot_toy"):
+        monkeypatch.setattr(C, name, spy(name))
     runs = tmp_path / "runs"
     for data, flow, size in (("U1", "planar", 2), ("U1", "cnf", 2), ("pinwheel", "ffjord", 8)):
         cfg = compose_cnf(f"data={data}", f"flow={flow}", f"size={size}")
@@ -383,6 +391,7 @@ def test_make_figures_draws_figure4_its_curves_and_the_toys_from_smoke_runs(tmp_
     assert load_script("make_figures").main(["--runs", str(runs), "--out", str(out), "--budget", "smoke",
                                              "--experiment", "cnf"]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["cnf_fig4.png", "cnf_fig4_curves.png", "cnf_toy.png"]
+
     def logged(flow, kind, key):  # what the run's metrics.jsonl holds
         d = runs / "cnf" / f"budget=smoke,data=U1,flow={flow},size=2,seed=0"
         return [r[key] for r in read_jsonl(d / "metrics.jsonl") if r.get("kind") == kind and key in r]

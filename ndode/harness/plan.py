@@ -82,13 +82,14 @@ def _same_config(recorded: str | None, planned: str | None) -> bool:
     return not recorded or not planned or recorded == planned
 
 
-def _record_device(run_dir: Path) -> str | None:
+def _record_config(run_dir: Path) -> dict:
+    """A run record's config.yaml as a dict; {} when it is missing or unreadable (nothing to compare)."""
     try:
         import yaml
 
-        return (yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")) or {}).get("device")
+        return yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")) or {}
     except (OSError, ValueError):
-        return None
+        return {}
 
 
 def _config_id(config) -> str | None:
@@ -105,15 +106,6 @@ def _config_id(config) -> str | None:
             config = to_plain(OmegaConf.masked_copy(config, [k for k in config.keys() if k != "hydra"]))
         return config_id(flatten(config))
     except Exception:  # an unresolvable config: no id, so no comparison (the plan must never stop a sweep)
-        return None
-
-
-def _record_config_id(run_dir: Path) -> str | None:
-    try:
-        import yaml
-
-        return _config_id(yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")) or {})
-    except (OSError, ValueError):
         return None
 
 
@@ -166,9 +158,11 @@ def _estimate(run: PlannedRun, rows: list[dict], table: Path, job: list[str], co
     siblings = run.run_dir.parent
     if siblings.is_dir():
         for other in sorted(siblings.iterdir()):
-            if (other != run.run_dir and _key(other.name) == _key(run.name)
-                    and _same_device(_record_device(other), run.device)
-                    and _same_config(_record_config_id(other), run.config_id)):
+            if other == run.run_dir or _key(other.name) != _key(run.name):
+                continue
+            config = _record_config(other)  # read once: its device and its configuration must both match
+            if (_same_device(config.get("device"), run.device)
+                    and _same_config(_config_id(config) if config else None, run.config_id)):
                 pace = _record_pace(other)
                 if pace:
                     run.seconds, run.source = pace[0] * run.steps, f"measured: {other}"
